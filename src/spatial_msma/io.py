@@ -1,0 +1,134 @@
+"""Reading and writing volumes, tables and JSON: validated on the way in, atomic on the way out.
+
+Every reader raises :class:`InputError` with the offending path and the problem in plain words, so a
+user with a broken cohort sees *which* file is wrong; every writer goes through a temporary file in the
+target directory and an ``os.replace`` so a killed job never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+class InputError(ValueError):
+    """A user-supplied file or setting is unusable; the message names it and says why."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success it is renamed onto ``path``, on error removed.
+
+    The temporary name keeps the final suffix (``.nii.gz``, ``.csv`` ...) so writers that pick a format
+    from the extension behave the same.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def load_nifti(path: str | os.PathLike, ndim: int | None = 3, what: str = "image") -> nib.Nifti1Image:
+    """Load a NIfTI file fully and check it: readable, complete, finite, and of the expected rank.
+
+    ``ndim=3`` accepts a trailing singleton 4th axis (common in converted scans). The data are read
+    here, not lazily, so a truncated gzip stream fails now with a message naming the file instead of
+    deep inside a later stage.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} {path}: file does not exist")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
+        raise InputError(f"{what} {path}: unreadable or truncated NIfTI ({type(err).__name__}: {err})") from err
+    if ndim == 3 and data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if ndim is not None and data.ndim != ndim:
+        raise InputError(f"{what} {path}: expected a {ndim}D image, got shape {tuple(data.shape)}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise InputError(f"{what} {path}: non-numeric voxel type {data.dtype}")
+    data = np.asarray(data, dtype=np.float32)
+    n_bad = int((~np.isfinite(data)).sum())
+    if n_bad:
+        raise InputError(f"{what} {path}: {n_bad} voxels are NaN or infinite")
+    if not np.isfinite(img.affine).all() or abs(np.linalg.det(img.affine[:3, :3])) < 1e-8:
+        raise InputError(f"{what} {path}: the affine is singular or not finite")
+    return nib.Nifti1Image(data, img.affine, img.header)
+
+
+def read_channels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a multi-channel volume written by :func:`write_channels`: returns (C, X, Y, Z) float32 and affine."""
+    img = load_nifti(path, ndim=None)
+    data = img.get_fdata(dtype=np.float32)
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise InputError(f"image {path}: expected (X, Y, Z, channels), got shape {data.shape}")
+    return np.ascontiguousarray(np.moveaxis(data, -1, 0)), img.affine
+
+
+def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a binary mask as a bool (X, Y, Z) array and its affine."""
+    img = load_nifti(path, ndim=3, what="mask")
+    return img.get_fdata(dtype=np.float32) > 0.5, img.affine
+
+
+def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a 3D array (or (X, Y, Z, C)) atomically; bool -> uint8, everything else float32."""
+    arr = np.asarray(data)
+    arr = arr.astype(np.uint8) if arr.dtype == bool else arr.astype(np.float32)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.set_data_dtype(arr.dtype)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def write_channels(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
+    """Write a (C, X, Y, Z) array as a 4D NIfTI with channels last (the layout viewers expect)."""
+    write_nifti(np.moveaxis(np.asarray(data, dtype=np.float32), 0, -1), affine, path)
+
+
+def write_json(obj: object, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_table(frame, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame atomically; ``.tsv`` is tab-separated, anything else comma-separated."""
+    sep = "\t" if str(path).endswith(".tsv") else ","
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep=sep, index=False, lineterminator="\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
