@@ -1,0 +1,23 @@
+# spatial-msma: Spatial-MSMA and the baselines of its Table 1, from raw T1w/T2w + CBCL to results/table1.csv.
+# Run `snakemake --cores 2` (see README.md). Configuration: config/config.yaml, checked against config/schema.yaml.
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/cohort.smk"
+include: "rules/preprocess.smk"
+
+
+rule all:
+    input:
+        "results/cropped/manifest.tsv",
+        "results/figures/cohort.png",
+    default_target: True

@@ -1,0 +1,53 @@
+# Cohort: the built-in synthetic cohort, then the CBCL filter, exclusions with reasons, and the splits.
+
+
+rule synthetic_cohort:
+    input:
+        code=package_code("synthetic.py", "template.py"),
+    output:
+        directory(SYNTHETIC_BIDS),
+    params:
+        settings=config["synthetic"],
+        seed=config["seed"],
+    log:
+        "results/logs/synthetic_cohort.log",
+    benchmark:
+        "results/benchmarks/synthetic_cohort.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/synthetic_cohort.py"
+
+
+checkpoint filter_cohort:
+    input:
+        unpack(cohort_inputs),
+        code=package_code("cohort.py", "io.py"),
+    output:
+        participants="results/cohort/participants.tsv",
+        train="results/cohort/train.txt",
+        val="results/cohort/val.txt",
+        test="results/cohort/test.txt",
+        outliers="results/cohort/cbcl_outliers.txt",
+    params:
+        cbcl_table=cbcl_table_path(),
+        cbcl=config["cbcl"],
+        session=config["cohort"]["session"],
+        split=config["split"],
+        seed=config["seed"],
+    log:
+        "results/logs/filter_cohort.log",
+    benchmark:
+        "results/benchmarks/filter_cohort.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/filter_cohort.py"

@@ -1,0 +1,121 @@
+# Preprocessing: register + skull-strip + resample each subject, then crop all to the training brain box.
+
+
+rule preprocess:
+    input:
+        unpack(subject_scans),
+        code=package_code("preprocess.py", "template.py", "io.py"),
+    output:
+        image="results/preprocessed/{subject}.nii.gz",
+        mask="results/preprocessed/{subject}_brainmask.nii.gz",
+    params:
+        settings=config["preprocess"],
+    log:
+        "results/logs/preprocess/{subject}.log",
+    benchmark:
+        "results/benchmarks/preprocess/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/preprocess.py"
+
+
+rule crop_box:
+    input:
+        masks=lambda wc: expand("results/preprocessed/{subject}_brainmask.nii.gz", subject=split_members("train")),
+        code=package_code("crop.py"),
+    output:
+        "results/preprocessed/crop_box.json",
+    params:
+        multiple=config["crop"]["multiple"],
+    log:
+        "results/logs/crop_box.log",
+    benchmark:
+        "results/benchmarks/crop_box.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/crop_box.py"
+
+
+rule crop:
+    input:
+        image="results/preprocessed/{subject}.nii.gz",
+        mask="results/preprocessed/{subject}_brainmask.nii.gz",
+        box="results/preprocessed/crop_box.json",
+        code=package_code("crop.py"),
+    output:
+        image="results/cropped/{subject}.nii.gz",
+        mask="results/cropped/{subject}_brainmask.nii.gz",
+    log:
+        "results/logs/crop/{subject}.log",
+    benchmark:
+        "results/benchmarks/crop/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/crop.py"
+
+
+rule crop_manifest:
+    input:
+        images=lambda wc: expand("results/cropped/{subject}.nii.gz", subject=included_subjects()),
+        masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
+        participants="results/cohort/participants.tsv",
+    output:
+        "results/cropped/manifest.tsv",
+    log:
+        "results/logs/crop_manifest.log",
+    benchmark:
+        "results/benchmarks/crop_manifest.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/crop_manifest.py"
+
+
+rule cohort_figure:
+    input:
+        images=lambda wc: expand("results/cropped/{subject}.nii.gz", subject=included_subjects()),
+        masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
+        code=package_code("qc.py"),
+    output:
+        "results/figures/cohort.png",
+    params:
+        n_subjects=config["figures"]["cohort_subjects"],
+        seed=config["seed"],
+    log:
+        "results/logs/cohort_figure.log",
+    benchmark:
+        "results/benchmarks/cohort_figure.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/cohort_figure.py"
+
+
+rule cropped:
+    # Named target for the first half of the pipeline: `snakemake --cores 2 cropped`.
+    input:
+        "results/cropped/manifest.tsv",
+        "results/figures/cohort.png",

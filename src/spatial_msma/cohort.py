@@ -1,0 +1,239 @@
+"""Cohort selection: find each subject's T1w/T2w in a BIDS folder, read CBCL scores, apply the paper's filter, split.
+
+The paper trains on typically developing children: a subject is dropped when ANY CBCL summary or syndrome
+t-score exceeds 66 (about the 95th percentile). Everything that keeps a subject out (a high score, a missing
+score, a missing or unreadable scan) is recorded with a reason in ``participants.tsv``; nothing is dropped
+silently. ABCD 5.x ``mh_p_cbcl.csv`` (comma separated), NDA text exports such as ABCD 4.0 ``abcd_cbcls01.txt``
+or HCP-D ``cbcl01.txt`` (tab separated, with a second header row of descriptions) are read; tables with other
+column names (HCP-D) are mapped through the ``cbcl.columns`` config, never through code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import InputError, load_nifti
+
+CBCL_SYNDROMES = tuple(
+    f"cbcl_scr_syn_{name}_t"
+    for name in ("anxdep", "withdep", "somatic", "social", "thought", "attention", "rulebreak", "aggressive")
+)
+CBCL_SUMMARIES = tuple(f"cbcl_scr_syn_{name}_t" for name in ("internal", "external", "totprob"))
+CBCL_SCORES = CBCL_SYNDROMES + CBCL_SUMMARIES
+SUBJECT_COLUMN = "src_subject_id"
+EVENT_COLUMN = "eventname"
+MODALITIES = ("T1w", "T2w")
+
+
+def normalise_id(raw: str) -> str:
+    """Match ABCD GUIDs across spellings: ``NDAR_INV1234`` (tables) == ``sub-NDARINV1234`` (BIDS)."""
+    text = re.sub(r"^sub-", "", str(raw).strip())
+    return re.sub(r"[^0-9A-Za-z]", "", text).upper()
+
+
+# --------------------------------------------------------------------------------------------- CBCL tables
+
+
+def read_cbcl(path: str | Path, columns: Mapping[str, str] | None = None, event: str | None = None) -> pd.DataFrame:
+    """Read a CBCL table and return one row per subject: index = normalised id, columns = the 11 t-scores.
+
+    ``columns`` maps this project's (ABCD) names -- ``src_subject_id``, ``eventname`` and the t-score names --
+    to the names in the file, for tables that spell them differently. ``event`` keeps the rows of one
+    event (ABCD baseline: ``baseline_year_1_arm_1``); ``None`` expects one row per subject.
+    Non-numeric score entries (NDA exports write e.g. ``""``) become missing values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"CBCL table {path}: file does not exist")
+    sep = "\t" if path.suffix in (".txt", ".tsv") else ","
+    try:
+        raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"CBCL table {path}: cannot be parsed ({err})") from err
+    names = {key: key for key in (SUBJECT_COLUMN, EVENT_COLUMN, *CBCL_SCORES)}
+    names.update(columns or {})
+    unknown = sorted(set(columns or {}) - set(names))
+    if unknown:
+        raise InputError(f"config cbcl.columns: unknown key(s) {unknown}; keys are this project's ABCD column names")
+    needed = [names[SUBJECT_COLUMN], *(names[c] for c in CBCL_SCORES)]
+    if event is not None:
+        needed.append(names[EVENT_COLUMN])
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise InputError(
+            f"CBCL table {path}: missing column(s) {missing} (map your table's names to the expected ones "
+            f"in config cbcl.columns)"
+        )
+    # NDA exports carry a second header row of descriptions: its "subject id" is a sentence, not an id.
+    if len(raw) and not re.fullmatch(r"[A-Za-z0-9_\-]+", raw[names[SUBJECT_COLUMN]].iloc[0].strip()):
+        raw = raw.iloc[1:]
+    if event is not None:
+        raw = raw[raw[names[EVENT_COLUMN]].str.strip() == event]
+        if raw.empty:
+            raise InputError(f"CBCL table {path}: no rows with {names[EVENT_COLUMN]} == {event!r} (config cbcl.event)")
+    table = pd.DataFrame({c: pd.to_numeric(raw[names[c]].str.strip(), errors="coerce") for c in CBCL_SCORES})
+    table.insert(0, "cbcl_id", raw[names[SUBJECT_COLUMN]].str.strip().to_numpy())
+    table.index = [normalise_id(s) for s in table["cbcl_id"]]
+    duplicated = table.index[table.index.duplicated()].unique().tolist()
+    if duplicated:
+        raise InputError(
+            f"CBCL table {path}: {len(duplicated)} subject(s) have several rows (e.g. {duplicated[:3]}); "
+            "set config cbcl.event to the event to use"
+        )
+    return table
+
+
+def cbcl_exclusion(scores: pd.Series, max_t: float) -> str:
+    """The reason a subject fails the CBCL filter, or "" if it passes (paper: any score > max_t excludes)."""
+    absent = [c for c in CBCL_SCORES if pd.isna(scores.get(c))]
+    if absent:
+        return "missing CBCL score(s): " + ", ".join(absent)
+    high = [f"{c}={scores[c]:g}" for c in CBCL_SCORES if scores[c] > max_t]
+    return f"CBCL t-score > {max_t:g}: " + ", ".join(high) if high else ""
+
+
+def is_outlier(scores: pd.Series, cutoff: float = 70.0) -> bool:
+    """The authors' code's stricter "outlier" label: any summary > 70, or two or more syndromes > 70."""
+    summary = any(scores.get(c, np.nan) > cutoff for c in CBCL_SUMMARIES)
+    syndromes = sum(scores.get(c, np.nan) > cutoff for c in CBCL_SYNDROMES)
+    return bool(summary or syndromes >= 2)
+
+
+# ------------------------------------------------------------------------------------------------- BIDS
+
+
+def find_scans(bids_dir: str | Path, session: str | None = None) -> dict[str, dict[str, Path | None]]:
+    """Map each ``sub-*`` folder to its T1w and T2w file (``None`` when absent).
+
+    Looks in ``sub-<id>[/ses-<s>]/anat/`` for ``*_T1w.nii[.gz]`` / ``*_T2w.nii[.gz]``; with ``session`` set only
+    that session counts. Several runs: the first in sorted order is used (ABCD's ``run-01``).
+    """
+    root = Path(bids_dir)
+    if not root.is_dir():
+        raise InputError(f"BIDS folder {root}: does not exist or is not a folder (config cohort.bids_dir)")
+    found: dict[str, dict[str, Path | None]] = {}
+    for subject_dir in sorted(p for p in root.glob("sub-*") if p.is_dir()):
+        anat_dirs = sorted(subject_dir.glob("anat")) + sorted(subject_dir.glob("ses-*/anat"))
+        if session is not None:
+            anat_dirs = [d for d in anat_dirs if d.parent.name == f"ses-{session}"]
+        scans: dict[str, Path | None] = {}
+        for modality in MODALITIES:
+            files = sorted(
+                f for d in anat_dirs for f in d.glob(f"*_{modality}.nii*") if f.name.endswith((".nii", ".nii.gz"))
+            )
+            scans[modality] = files[0] if files else None
+        found[subject_dir.name] = scans
+    if not found:
+        raise InputError(f"BIDS folder {root}: no sub-* folders found")
+    return found
+
+
+def image_problem(path: Path | None, modality: str) -> str:
+    """Why a scan cannot be used ("" if it can): missing, unreadable/truncated, not 3D, NaNs, empty."""
+    if path is None:
+        return f"missing {modality}"
+    try:
+        img = load_nifti(path, ndim=3, what=modality)
+    except InputError as err:
+        return str(err)
+    if not np.any(np.asarray(img.dataobj)):
+        return f"{modality} {path}: image is all zeros"
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+
+
+def split_subjects(subjects: list[str], fractions: SplitFractions, seed: int) -> dict[str, list[str]]:
+    """Seeded train/val/test split. Validation and test get ``round(n * fraction)`` (at least 1) subjects each."""
+    if abs(fractions.train + fractions.val + fractions.test - 1.0) > 1e-6:
+        raise InputError(f"config split: fractions must sum to 1, got {fractions}")
+    n = len(subjects)
+    n_val = max(1, int(round(n * fractions.val)))
+    n_test = max(1, int(round(n * fractions.test)))
+    if n - n_val - n_test < 2:
+        raise InputError(f"cohort: only {n} usable subjects; need at least {n_val + n_test + 2} to split")
+    order = np.random.default_rng(seed).permutation(sorted(subjects)).tolist()
+    return {
+        "test": sorted(order[:n_test]),
+        "val": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
+# ------------------------------------------------------------------------------------------- the filter
+
+
+def build_participants(
+    bids_dir: str | Path,
+    cbcl_path: str | Path,
+    *,
+    columns: Mapping[str, str] | None,
+    event: str | None,
+    session: str | None,
+    max_t: float,
+    fractions: SplitFractions,
+    seed: int,
+    threads: int = 1,
+    logger: logging.Logger | None = None,
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Apply the CBCL filter and the scan checks to every subject of the BIDS folder, then split the rest.
+
+    Returns the participants table (every subject, its scores, included, reason, split) and the split lists.
+    """
+    logger = logger or logging.getLogger(__name__)
+    scans = find_scans(bids_dir, session)
+    cbcl = read_cbcl(cbcl_path, columns, event)
+    logger.info("%d subjects in %s; %d rows in the CBCL table", len(scans), bids_dir, len(cbcl))
+
+    jobs = [(s, m, scans[s][m]) for s in scans for m in MODALITIES]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        problems = dict(zip([(s, m) for s, m, _ in jobs], pool.map(lambda j: image_problem(j[2], j[1]), jobs),
+                            strict=True))
+
+    rows = []
+    for subject, files in scans.items():
+        key = normalise_id(subject)
+        scores = cbcl.loc[key] if key in cbcl.index else None
+        reasons = []
+        if scores is None:
+            reasons.append("no CBCL row" + (f" for event {event}" if event else ""))
+        else:
+            reasons.append(cbcl_exclusion(scores, max_t))
+        reasons += [problems[(subject, m)] for m in MODALITIES]
+        reason = "; ".join(r for r in reasons if r)
+        row = {"participant_id": subject, "cbcl_id": None if scores is None else scores["cbcl_id"]}
+        row.update({c: (np.nan if scores is None else scores[c]) for c in CBCL_SCORES})
+        row.update({
+            "max_t": np.nan if scores is None else float(np.nanmax(scores[list(CBCL_SCORES)].to_numpy(float))),
+            "cbcl_outlier": False if scores is None else is_outlier(scores),
+            "t1w": "" if files["T1w"] is None else str(files["T1w"]),
+            "t2w": "" if files["T2w"] is None else str(files["T2w"]),
+            "included": not reason,
+            "reason": reason,
+        })
+        rows.append(row)
+    participants = pd.DataFrame(rows)
+    splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed)
+    split_of = {s: name for name, members in splits.items() for s in members}
+    participants["split"] = [split_of.get(s, "") for s in participants.participant_id]
+    for _, row in participants[~participants.included].iterrows():
+        logger.info("excluded %s: %s", row.participant_id, row.reason)
+    logger.info("included %d of %d; split %s", int(participants.included.sum()), len(participants),
+                {k: len(v) for k, v in splits.items()})
+    return participants, splits

@@ -1,0 +1,150 @@
+"""Preprocessing one subject: T2w -> T1w and T1w -> MNI registration, brain mask, resampling, intensity scaling.
+
+All registration is antspyx. Brain extraction is atlas based, because nothing may be downloaded: the head is
+affinely registered to the (skull-stripped) MNI template twice -- the second time with the subject masked by
+the first pass's dilated template mask, so the skull no longer pulls the fit -- and the template brain mask
+is then brought onto the subject by the inverse of a SyN warp, giving a subject-specific mask. Inputs that
+are already skull-stripped, or come with their own masks, skip that part (config ``preprocess.brain_mask``).
+
+Output lives on the template grid at the working voxel size (2 mm in the paper), so every subject shares one
+voxel grid and the crop box of :mod:`spatial_msma.crop` applies to all.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ants
+import numpy as np
+
+from .io import InputError, load_nifti
+from .template import load_template
+
+BRAIN_MASK_MODES = ("atlas", "skullstripped", "supplied")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The ``preprocess`` config section."""
+
+    voxel_mm: float = 2.0
+    registration_mm: float = 2.0
+    transform: str = "Affine"
+    brain_mask: str = "atlas"
+    mask_suffix: str = "_desc-brain_mask"
+    percentiles: tuple[float, float] = (0.01, 99.9)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> PreprocessSettings:
+        values = dict(cfg)
+        if "percentiles" in values:
+            values["percentiles"] = tuple(values["percentiles"])
+        if values.get("brain_mask", "atlas") not in BRAIN_MASK_MODES:
+            raise InputError(f"config preprocess.brain_mask: {values['brain_mask']!r} is not one of {BRAIN_MASK_MODES}")
+        return cls(**values)
+
+
+@functools.cache
+def _template_images(voxel_mm: float) -> tuple[ants.ANTsImage, ants.ANTsImage]:
+    """The template T1 and brain mask as ANTs images at ``voxel_mm`` (template field of view)."""
+    template = load_template()
+    t1 = ants.from_nibabel_nifti(template.image("t1"))
+    mask = ants.from_nibabel_nifti(template.image("brain")).astype("float32")
+    if voxel_mm != 1.0:
+        t1 = ants.resample_image(t1, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
+        mask = ants.resample_image(mask, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
+    return t1, mask
+
+
+def _read(path: str | Path, what: str) -> ants.ANTsImage:
+    """Validate with nibabel (clear errors for truncation, NaNs, 4D), then hand the data to ANTs."""
+    return ants.from_nibabel_nifti(load_nifti(path, ndim=3, what=what))
+
+
+def _downsample(img: ants.ANTsImage, voxel_mm: float) -> ants.ANTsImage:
+    if min(img.spacing) >= voxel_mm:
+        return img
+    return ants.resample_image(img, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
+
+
+def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, initial=None) -> dict:
+    # outprefix keeps ANTs' transform files in the job's own temp dir (it never deletes them itself).
+    reg = ants.registration(
+        fixed=fixed, moving=moving, type_of_transform=transform, mask=mask, initial_transform=initial,
+        outprefix=str(Path(workdir) / f"{tag}_"), verbose=False,
+    )
+    return reg
+
+
+def _scale_intensities(data: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the in-brain (low, high) percentiles to [-1, 1] and clip; outside the brain is -1."""
+    lo, hi = np.percentile(data[mask], percentiles)
+    if hi <= lo:
+        raise InputError("intensity scaling: the image is constant inside the brain mask")
+    scaled = np.clip(2.0 * (data - lo) / (hi - lo) - 1.0, -1.0, 1.0)
+    return np.where(mask, scaled, -1.0).astype(np.float32)
+
+
+def preprocess_subject(
+    t1w: str | Path, t2w: str | Path, settings: PreprocessSettings, logger: logging.Logger | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Register, skull-strip, resample and scale one subject.
+
+    Returns ``(image (2, X, Y, Z) float32 [T1, T2], brain mask (X, Y, Z) bool, affine)`` on the template grid
+    at ``settings.voxel_mm``.
+    """
+    logger = logger or logging.getLogger(__name__)
+    t1 = _read(t1w, "T1w")
+    t2 = _read(t2w, "T2w")
+    reg_template, reg_template_mask = _template_images(settings.registration_mm)
+    out_template, out_template_mask = _template_images(settings.voxel_mm)
+    t1_small = _downsample(t1, settings.registration_mm)
+    t2_small = _downsample(t2, settings.registration_mm)
+
+    with tempfile.TemporaryDirectory(prefix="smsma_reg_") as work:
+        t2_to_t1 = _register(t1_small, t2_small, "Rigid", work, "t2")["fwdtransforms"]
+        if settings.brain_mask == "atlas":
+            # Pass 1: whole head to brain template; pass 2: subject masked by the dilated pass-1 mask.
+            first = _register(reg_template, t1_small, settings.transform, work, "head")
+            rough = ants.apply_transforms(t1_small, reg_template_mask, first["invtransforms"],
+                                          interpolator="nearestNeighbor", whichtoinvert=[True])
+            rough = ants.iMath(rough, "MD", int(np.ceil(8.0 / settings.registration_mm)))
+            second = _register(reg_template, t1_small * rough, settings.transform, work, "brain",
+                               initial=first["fwdtransforms"][0])
+            to_template = second["fwdtransforms"]
+            aligned = ants.apply_transforms(reg_template, t1_small * rough, to_template)
+            # Subject-specific mask: template mask pulled back through a SyN warp of the aligned brain.
+            syn = _register(reg_template, aligned, "SyNOnly", work, "syn", initial="Identity")
+            mask_aligned = ants.apply_transforms(aligned, reg_template_mask, syn["invtransforms"],
+                                                 interpolator="linear")
+            mask = ants.resample_image_to_target(mask_aligned, out_template, interp_type="linear")
+        else:
+            to_template = _register(reg_template, t1_small, settings.transform, work, "brain")["fwdtransforms"]
+            if settings.brain_mask == "skullstripped":
+                source_mask = ants.threshold_image(t1, 1e-6, None)
+            else:
+                source_mask = _read(_supplied_mask_path(t1w, settings.mask_suffix), "brain mask")
+            mask = ants.apply_transforms(out_template, source_mask, to_template, interpolator="linear")
+
+        t1_out = ants.apply_transforms(out_template, t1, to_template, interpolator="linear")
+        t2_out = ants.apply_transforms(out_template, t2, to_template + t2_to_t1, interpolator="linear")
+
+    brain = mask.numpy() > 0.5
+    if brain.sum() < 0.3 * out_template_mask.numpy().sum():
+        raise InputError(f"{t1w}: brain mask covers only {brain.sum()} voxels after registration; "
+                         "registration to the template probably failed")
+    image = np.stack([_scale_intensities(c.numpy(), brain, settings.percentiles) for c in (t1_out, t2_out)])
+    affine = ants.to_nibabel_nifti(out_template).affine
+    logger.info("%s: %d brain voxels at %.3g mm", Path(t1w).name, int(brain.sum()), settings.voxel_mm)
+    return image, brain, affine
+
+
+def _supplied_mask_path(t1w: str | Path, suffix: str) -> Path:
+    """``sub-X_..._T1w.nii.gz`` -> ``sub-X_..._desc-brain_mask.nii.gz`` next to it (config preprocess.mask_suffix)."""
+    t1w = Path(t1w)
+    ext = ".nii.gz" if t1w.name.endswith(".nii.gz") else ".nii"
+    return t1w.with_name(t1w.name[: -len(ext)].removesuffix("_T1w") + suffix + ext)
