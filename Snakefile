@@ -1,11 +1,14 @@
 # spatial-msma: Spatial-MSMA and the baselines of its Table 1, from raw T1w/T2w + CBCL to results/table1.csv.
 # Run `snakemake --cores 2` (see README.md). Configuration: config/config.yaml, checked against config/schema.yaml.
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# Absolute, so `--directory elsewhere` still finds the default config.
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 validate(config, "config/schema.yaml")

@@ -1,0 +1,23 @@
+"""Snakemake entry point: MS-MIST-style lesions for one subject -> lesioned image, ground-truth mask, lesion table.
+
+input: image (cropped 2-channel NIfTI), brainmask; output: image, mask, table (TSV, one row per lesion);
+params: cfg (the ``lesions`` config section), seed (int; the per-subject seed is derived from it and the
+subject id); wildcards: subject.
+"""
+
+from spatial_msma.lesions import simulate_subject_files
+from spatial_msma.progress import script_logger
+
+sm = snakemake  # noqa: F821
+logger = script_logger(sm.log[0])
+simulate_subject_files(
+    sm.input.image,
+    sm.input.brainmask,
+    sm.output.image,
+    sm.output.mask,
+    sm.output.table,
+    cfg=sm.params.cfg,
+    seed=sm.params.seed,
+    subject=sm.wildcards.subject,
+    logger=logger,
+)

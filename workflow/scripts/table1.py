@@ -1,0 +1,20 @@
+"""Table 1 per protocol (CSV + Markdown with the paper's values) and TPR per lesion size bin.
+
+input:  metrics (results/metrics/{method}_{protocol}.csv, every method x protocol that was run),
+        thresholds (results/thresholds/{method}.json; image AUROC and healthy false positives)
+output: named oracle_csv (results/table1.csv), oracle_md (results/table1.md), fpr05_csv, fpr05_md,
+        fpr10_csv, fpr10_md (results/table1_fpr05.csv ...), size_bins_csv (results/table1_size_bins.csv)
+params: cfg=config["evaluation"]
+"""
+
+from spatial_msma.evaluation import EvaluationConfig, write_tables
+from spatial_msma.progress import script_logger
+
+logger = script_logger(snakemake.log[0])  # noqa: F821
+write_tables(
+    metric_csvs=snakemake.input.metrics,  # noqa: F821
+    threshold_jsons=snakemake.input.get("thresholds", []),  # noqa: F821
+    outputs=dict(snakemake.output.items()),  # noqa: F821
+    cfg=EvaluationConfig.from_dict(snakemake.params.cfg),  # noqa: F821
+    logger=logger,
+)
