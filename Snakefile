@@ -15,12 +15,26 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    set="|".join(IMAGE_SETS),
+    protocol="oracle|fpr[0-9.]+",
+    subject="sub-[^/]+",
+
+
 include: "rules/cohort.smk"
 include: "rules/preprocess.smk"
+include: "rules/lesions.smk"
+include: "rules/zscore.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:
     input:
-        "results/cropped/manifest.tsv",
+        "results/table1.csv",
+        "results/figures/montage.png",
+        "results/figures/lesions.png",
         "results/figures/cohort.png",
+        "results/cropped/manifest.tsv",
     default_target: True

@@ -8,7 +8,7 @@ SYNTHETIC_BIDS = "resources/synthetic/bids"
 
 
 def package_code(*modules):
-    """The package modules a rule runs, declared as inputs: editing one reruns that rule and what follows."""
+    """Package modules declared as inputs of the job that runs them; editing one reruns it and what follows."""
     return [str(PACKAGE / module) for module in modules]
 
 
@@ -43,3 +43,43 @@ def subject_scans(wildcards):
     table = pd.read_csv(checkpoints.filter_cohort.get().output.participants, sep="\t", dtype=str)
     row = table.set_index("participant_id").loc[wildcards.subject]
     return {"t1w": row["t1w"], "t2w": row["t2w"]}
+
+
+# Image sets every detector is run on. Lesioned sets: the test split (scored once, at the end) and the
+# validation split with lesions from another seed (for choices that must not look at test lesions).
+IMAGE_SETS = {
+    "train": ("train", False),
+    "val": ("val", False),
+    "test": ("test", False),
+    "val_lesioned": ("val", True),
+    "test_lesioned": ("test", True),
+}
+
+
+def set_subjects(image_set):
+    return split_members(IMAGE_SETS[image_set][0])
+
+
+def set_images(image_set):
+    """The 2-channel images of a set: cropped originals, or their lesioned copies."""
+    pattern = "results/lesions/{}_image.nii.gz" if IMAGE_SETS[image_set][1] else "results/cropped/{}.nii.gz"
+    return [pattern.format(s) for s in set_subjects(image_set)]
+
+
+def set_brainmasks(image_set):
+    return [f"results/cropped/{s}_brainmask.nii.gz" for s in set_subjects(image_set)]
+
+
+def set_lesion_masks(image_set):
+    return [f"results/lesions/{s}_mask.nii.gz" for s in set_subjects(image_set)]
+
+
+def heatmap_files(method, image_set):
+    """Files inside the heatmap directory of a method and set, one per subject."""
+    return [f"results/heatmaps/{method}/{image_set}/{s}.nii.gz" for s in set_subjects(image_set)]
+
+
+def lesion_seed(subject):
+    """Test lesions use the run's seed; the lesioned validation set another (seed + 1), so a choice made on
+    validation lesions has never seen a test lesion's placement draw."""
+    return config["seed"] + (1 if subject in split_members("val") else 0)

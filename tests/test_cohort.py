@@ -120,7 +120,8 @@ def test_build_participants_end_to_end(tmp_path):
         write_nifti(rng.random((6, 6, 6)), np.eye(4), anat / f"sub-{label}_ses-baselineYear1Arm1_T1w.nii.gz")
         if label != "NDARINV03":
             write_nifti(rng.random((6, 6, 6)), np.eye(4), anat / f"sub-{label}_ses-baselineYear1Arm1_T2w.nii.gz")
-    rows = [(f"NDAR_INV0{i}", _scores()) for i in (1, 3, 5, 6, 7)] + [("NDAR_INV02", _scores(**{CBCL_SUMMARIES[2]: 80.0}))]
+    rows = [(f"NDAR_INV0{i}", _scores()) for i in (1, 3, 5, 6, 7)]
+    rows.append(("NDAR_INV02", _scores(**{CBCL_SUMMARIES[2]: 80.0})))
     _abcd_table(rows).to_csv(tmp_path / "cbcl.csv", index=False)
     scans = find_scans(bids)
     assert scans["sub-NDARINV03"]["T2w"] is None and scans["sub-NDARINV01"]["T1w"].name.endswith("_T1w.nii.gz")

@@ -98,7 +98,7 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
     arr = arr.astype(np.uint8) if arr.dtype == bool else arr.astype(np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.set_data_dtype(arr.dtype)
-    img.header.set_xyzt_units("mm")
+    img.header.set_xyzt_units("mm", "sec")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

@@ -200,7 +200,7 @@ def _save_scan(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     counts = np.clip(np.round(data * 1000.0), 0, 32767).astype(np.int16)
     img = nib.Nifti1Image(counts, affine)
     img.set_data_dtype(np.int16)
-    img.header.set_xyzt_units("mm")
+    img.header.set_xyzt_units("mm", "sec")
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 

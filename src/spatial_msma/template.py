@@ -7,7 +7,9 @@ placement, the synthetic cohort's source anatomy) comes from here, so no stage d
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -29,28 +31,35 @@ class Template:
         data = getattr(self, name)
         data = data.astype(np.uint8) if data.dtype == bool else data.astype(np.float32)
         img = nib.Nifti1Image(data, self.affine)
+        img.header.set_xyzt_units("mm", "sec")
         img.set_data_dtype(data.dtype)
         return img
+
+
+def _nilearn_data(name: str) -> Path:
+    """Path of a file in nilearn's packaged data, found without importing nilearn (which pulls in sklearn, ~2 s
+    per job)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("nilearn is not installed; it ships the MNI template this workflow uses")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
 
 
 @functools.cache
 def load_template() -> Template:
     """Load the 1 mm template once per process.
 
-    nilearn ships no CSF map: CSF is taken as brain minus GM minus WM (clipped to [0, 1]). The brain
-    mask is nilearn's (template T1 > 0.2 of its range) closed with the tissue maps, which keeps the
-    ventricles inside it.
+    Maps are rescaled to [0, 1] by their maximum, as nilearn's ``load_mni152_*`` do; the brain mask is
+    nilearn's definition (rescaled template T1 > 0.2). nilearn ships no CSF map: CSF is taken as brain minus
+    GM minus WM (clipped to [0, 1]).
     """
-    from nilearn import datasets
-
-    t1_img = datasets.load_mni152_template(resolution=1)
-    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
-    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
-    t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
-    t1 /= max(float(t1.max()), 1e-6)
-    gm /= max(float(gm.max()), 1e-6)
-    wm /= max(float(wm.max()), 1e-6)
-    mask_img = datasets.load_mni152_brain_mask(resolution=1)
-    brain = np.asarray(mask_img.dataobj) > 0
-    csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
-    return Template(t1=t1, gm=gm, wm=wm, csf=csf, brain=brain, affine=t1_img.affine.copy())
+    maps = {}
+    affine = None
+    for name in ("t1", "gm", "wm"):
+        img = nib.load(str(_nilearn_data(f"mni_icbm152_{name}_tal_nlin_sym_09a_converted.nii.gz")))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        maps[name] = data / max(float(data.max()), 1e-6)
+        affine = img.affine.copy()
+    brain = maps["t1"] > 0.2
+    csf = np.clip(brain.astype(np.float32) - maps["gm"] - maps["wm"], 0.0, 1.0)
+    return Template(t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], csf=csf, brain=brain, affine=affine)

@@ -1,6 +1,6 @@
 """Score one method under one protocol (oracle / fpr05 / fpr10) -> per-subject metrics CSV.
 
-input:  heatmaps (results/heatmaps/{method}/test_lesioned/{subject}.nii.gz),
+input:  heatmap_dir (results/heatmaps/{method}/test_lesioned; params.heatmaps lists its files),
         masks (results/lesions/{subject}_mask.nii.gz), brainmasks (results/cropped/{subject}_brainmask.nii.gz),
         thresholds (results/thresholds/{method}.json; required for the deployable protocols)
 output: results/metrics/{method}_{protocol}.csv
@@ -15,7 +15,7 @@ from spatial_msma.progress import script_logger
 logger = script_logger(snakemake.log[0])  # noqa: F821
 torch.set_num_threads(snakemake.threads)  # noqa: F821
 evaluate_method(
-    heatmaps=snakemake.input.heatmaps,  # noqa: F821
+    heatmaps=snakemake.params.heatmaps,  # noqa: F821
     lesion_masks=snakemake.input.masks,  # noqa: F821
     brain_masks=snakemake.input.brainmasks,  # noqa: F821
     method=snakemake.params.method,  # noqa: F821

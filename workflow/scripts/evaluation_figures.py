@@ -13,7 +13,7 @@ from spatial_msma.progress import script_logger
 
 logger = script_logger(snakemake.log[0])  # noqa: F821
 make_figures(
-    heatmaps=snakemake.input.heatmaps,  # noqa: F821
+    heatmaps=snakemake.params.heatmaps,  # noqa: F821
     images=snakemake.input.images,  # noqa: F821
     lesion_masks=snakemake.input.masks,  # noqa: F821
     brain_masks=snakemake.input.brainmasks,  # noqa: F821

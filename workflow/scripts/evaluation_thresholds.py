@@ -12,8 +12,8 @@ from spatial_msma.progress import script_logger
 logger = script_logger(snakemake.log[0])  # noqa: F821
 fit_method_thresholds(
     healthy={
-        "val": (snakemake.input.val_heatmaps, snakemake.input.val_brainmasks),  # noqa: F821
-        "test": (snakemake.input.test_heatmaps, snakemake.input.test_brainmasks),  # noqa: F821
+        "val": (snakemake.params.val_heatmaps, snakemake.input.val_brainmasks),  # noqa: F821
+        "test": (snakemake.params.test_heatmaps, snakemake.input.test_brainmasks),  # noqa: F821
     },
     method=snakemake.params.method,  # noqa: F821
     cfg=EvaluationConfig.from_dict(snakemake.params.cfg),  # noqa: F821

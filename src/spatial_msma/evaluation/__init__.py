@@ -3,9 +3,8 @@
 One module so that every detector's heatmaps go through exactly the same steps (evaluation spec).
 """
 
-from spatial_msma.evaluation.config import EvaluationConfig, protocol_name
+from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.figures import make_figures
-from spatial_msma.evaluation.methods import METHOD_NAMES, display_name, method_order
 from spatial_msma.evaluation.metrics import (
     SIZE_BIN_EDGES_MM3,
     SIZE_BIN_NAMES,
@@ -21,6 +20,7 @@ from spatial_msma.evaluation.pipeline import evaluate_method, evaluate_subject, 
 from spatial_msma.evaluation.postprocess import post_process, prepare_reference, segment
 from spatial_msma.evaluation.tables import PAPER_TABLE1, write_tables
 from spatial_msma.evaluation.thresholds import fpr_thresholds, oracle_threshold
+from spatial_msma.names import METHOD_NAMES, display_name, method_order, protocol_name
 
 __all__ = [
     "METHOD_NAMES",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 from spatial_msma.io import InputError
+from spatial_msma.names import protocol_name
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,3 @@ class EvaluationConfig:
     def protocols(self) -> list[str]:
         """``oracle`` followed by one deployable protocol per FPR level (``fpr05``, ``fpr10`` ...)."""
         return ["oracle"] + [protocol_name(f) for f in self.fpr_levels]
-
-
-def protocol_name(fpr: float) -> str:
-    """Protocol key of a healthy-voxel FPR level: 0.05 -> ``fpr05``, 0.1 -> ``fpr10``, 0.025 -> ``fpr2.5``."""
-    pct = round(100.0 * fpr, 6)
-    return f"fpr{int(pct):02d}" if pct == int(pct) else f"fpr{pct:g}"

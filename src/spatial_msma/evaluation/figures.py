@@ -15,8 +15,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from spatial_msma.evaluation.config import EvaluationConfig, protocol_name
-from spatial_msma.evaluation.methods import display_name, method_order
+from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import component_counts
 from spatial_msma.evaluation.pipeline import (
     BRAINMASK_SUFFIX,
@@ -30,6 +29,7 @@ from spatial_msma.evaluation.pipeline import (
 )
 from spatial_msma.evaluation.postprocess import prepare_reference, rim_for, segment
 from spatial_msma.io import InputError, read_channels, read_mask, save_figure
+from spatial_msma.names import display_name, method_order, protocol_name
 from spatial_msma.progress import Progress
 
 PathLike = str | os.PathLike

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spatial_msma.evaluation.config import EvaluationConfig, protocol_name
+from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import (
     SIZE_BIN_NAMES,
     SurfaceDistances,
@@ -32,6 +32,7 @@ from spatial_msma.evaluation.metrics import (
 from spatial_msma.evaluation.postprocess import label_components, prepare_reference, rim_for, segment
 from spatial_msma.evaluation.thresholds import fpr_thresholds, healthy_voxels, oracle_threshold
 from spatial_msma.io import InputError, load_nifti, write_json, write_table
+from spatial_msma.names import protocol_name
 from spatial_msma.progress import Progress
 
 HEATMAP_SUFFIX = ".nii.gz"

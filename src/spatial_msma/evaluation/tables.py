@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from spatial_msma.evaluation.config import EvaluationConfig, protocol_name
-from spatial_msma.evaluation.methods import METHOD_NAMES, display_name, method_order
+from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import SIZE_BIN_LABELS, SIZE_BIN_NAMES
 from spatial_msma.evaluation.pipeline import load_thresholds
 from spatial_msma.io import InputError, write_table, write_text
+from spatial_msma.names import METHOD_NAMES, display_name, method_order, protocol_name
 
 PathLike = str | os.PathLike
 

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine (see README.md):
+#   make run   - install, then run the whole workflow on the built-in cohort (ends in results/table1.csv)
+#   make test  - install, then run the test suite (unit tests + one end-to-end Snakemake run)
+# torch is installed first and pinned, so pip does not pull the CUDA wheels on a CPU machine;
+# on a GPU machine use e.g. `make run TORCH="torch --index-url https://download.pytorch.org/whl/cu124"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+CORES ?= 2
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: install
+	$(BIN)/snakemake --cores $(CORES)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,51 @@
+# Lesion simulation (MS-MIST-style) on the test split, and on the validation split for model selection.
+
+
+rule simulate_lesions:
+    input:
+        image="results/cropped/{subject}.nii.gz",
+        brainmask="results/cropped/{subject}_brainmask.nii.gz",
+        code=package_code("lesions.py"),
+    output:
+        image="results/lesions/{subject}_image.nii.gz",
+        mask="results/lesions/{subject}_mask.nii.gz",
+        table="results/lesions/{subject}_lesions.tsv",
+    params:
+        cfg=config["lesions"],
+        seed=lambda wc: lesion_seed(wc.subject),
+    log:
+        "results/logs/simulate_lesions/{subject}.log",
+    benchmark:
+        "results/benchmarks/simulate_lesions/{subject}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/simulate_lesions.py"
+
+
+rule lesion_summary:
+    input:
+        tables=lambda wc: [f"results/lesions/{s}_lesions.tsv" for s in set_subjects("test_lesioned")],
+        masks=lambda wc: set_lesion_masks("test_lesioned"),
+        images=lambda wc: set_images("test_lesioned"),
+    output:
+        table="results/lesions/summary.tsv",
+        figure="results/figures/lesions.png",
+    params:
+        n_show=config["figures"]["lesion_subjects"],
+    log:
+        "results/logs/lesion_summary.log",
+    benchmark:
+        "results/benchmarks/lesion_summary.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/lesion_summary.py"

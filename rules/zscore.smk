@@ -1,0 +1,44 @@
+# The intensity z-score detector: voxelwise mean/SD of the healthy training images (the floor of Table 1).
+
+
+rule zscore_model:
+    input:
+        images=lambda wc: set_images("train"),
+        code=package_code("zscore.py"),
+    output:
+        "results/models/zscore/model.npz",
+    params:
+        sd_floor=config["zscore"]["sd_floor"],
+    log:
+        "results/logs/zscore_model.log",
+    benchmark:
+        "results/benchmarks/zscore_model.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/zscore_model.py"
+
+
+rule heatmap_zscore:
+    input:
+        model="results/models/zscore/model.npz",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+    output:
+        directory("results/heatmaps/zscore/{set}"),
+    log:
+        "results/logs/heatmap_zscore/{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_zscore/{set}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/heatmap_zscore.py"

@@ -1,0 +1,110 @@
+"""The whole DAG, for real: Snakemake runs every rule on a tiny synthetic cohort (8 mm) into a temp dir.
+
+One run is shared by all tests in this module (it takes a few minutes); the other tests read its outputs or
+ask Snakemake what it would rerun. Nothing is mocked.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spatial_msma.io import read_channels, read_mask
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = REPO / "tests" / "config" / "tiny.yaml"
+
+
+def _snakemake(workdir, *args, check=True):
+    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(TINY), *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    _snakemake(workdir, "--cores", "2")
+    return workdir
+
+
+def test_whole_dag_produces_table1(run_dir):
+    table = pd.read_csv(run_dir / "results" / "table1.csv")
+    assert "Intensity z-score" in table["method"].tolist()
+    row = table.set_index("method").loc["Intensity z-score"]
+    assert row["n"] >= 1 and 0.0 <= row["TPR"] <= 1.0
+    for figure in ("cohort", "lesions", "montage", "froc"):
+        assert (run_dir / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
+
+
+def test_cohort_excludes_exactly_what_was_planted(run_dir):
+    truth = json.loads((run_dir / "resources/synthetic/bids/truth.json").read_text())
+    participants = pd.read_csv(run_dir / "results/cohort/participants.tsv", sep="\t").set_index("participant_id")
+    above = participants.index[participants.reason.fillna("").str.startswith("CBCL t-score > 66")]
+    assert sorted(above) == sorted(truth["above_cutoff"])
+    for subject, kind in truth["broken"].items():
+        assert not participants.loc[subject, "included"], (subject, kind)
+    expected = {"missing_t2w": "missing T2w", "truncated_t1w": "truncated", "nan_t2w": "NaN", "4d_t1w": "3D image"}
+    for subject, kind in truth["broken"].items():
+        assert expected[kind] in participants.loc[subject, "reason"]
+    splits = {s: (run_dir / f"results/cohort/{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    included = sorted(participants.index[participants.included])
+    assert sorted(sum(splits.values(), [])) == included
+
+
+def test_cropped_volumes_share_one_grid_with_sides_divisible_by_8(run_dir):
+    box = json.loads((run_dir / "results/preprocessed/crop_box.json").read_text())
+    manifest = pd.read_csv(run_dir / "results/cropped/manifest.tsv", sep="\t")
+    assert all(side % 8 == 0 for side in box["shape"])
+    assert set(manifest["shape"]) == {"x".join(map(str, box["shape"]))}
+    image, affine = read_channels(manifest["image"].iloc[0] if Path(manifest["image"].iloc[0]).is_absolute()
+                                  else run_dir / manifest["image"].iloc[0])
+    assert image.shape[0] == 2 and np.allclose(np.diag(affine)[:3], 8.0)
+
+
+def test_lesions_only_inside_the_brain(run_dir):
+    for subject in (run_dir / "results/cohort/test.txt").read_text().split():
+        lesion, _ = read_mask(run_dir / f"results/lesions/{subject}_mask.nii.gz")
+        brain, _ = read_mask(run_dir / f"results/cropped/{subject}_brainmask.nii.gz")
+        assert lesion.any() and not (lesion & ~brain).any()
+
+
+def test_touching_the_crop_code_reruns_only_crop_and_what_follows(run_dir):
+    crop_code = REPO / "src" / "spatial_msma" / "crop.py"
+    stat = crop_code.stat()
+    try:
+        os.utime(crop_code)  # touch: a newer mtime, same content
+        dry = _snakemake(run_dir, "--cores", "1", "--dry-run", "--quiet", "rules")
+    finally:
+        os.utime(crop_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rules = set()
+    for line in dry.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            rules.add(parts[0])
+    assert {"crop_box", "crop"} <= rules
+    assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess"}, rules
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint", "--snakefile", str(REPO / "Snakefile")], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_mistyped_config_key_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preprocess: {voxel_mmm: 4}\n")
+    result = subprocess.run([*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                             "--configfile", str(bad), "--dry-run"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "voxel_mmm" in result.stdout + result.stderr
