@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,10 @@ def _nilearn_data(name: str) -> Path:
 def load_template() -> Template:
     """Load the 1 mm template once per process.
 
-    Maps are rescaled to [0, 1] by their maximum, as nilearn's ``load_mni152_*`` do; the brain mask is
-    nilearn's definition (rescaled template T1 > 0.2). nilearn ships no CSF map: CSF is taken as brain minus
-    GM minus WM (clipped to [0, 1]).
+    Maps are rescaled to [0, 1] by their maximum, as nilearn's ``load_mni152_*`` do. The brain mask is
+    GM + WM > 0.5 with its holes (the ventricles) filled: tighter than nilearn's ``load_mni152_brain_mask``
+    (T1 > 0.2, which also takes the CSF and dura around the brain: 1.88 L against 1.75 L). nilearn ships no
+    CSF map: CSF is taken as nilearn's (T1 > 0.2) mask minus GM minus WM, clipped to [0, 1].
     """
     maps = {}
     affine = None
@@ -60,6 +62,7 @@ def load_template() -> Template:
         data = np.asarray(img.dataobj, dtype=np.float32)
         maps[name] = data / max(float(data.max()), 1e-6)
         affine = img.affine.copy()
-    brain = maps["t1"] > 0.2
-    csf = np.clip(brain.astype(np.float32) - maps["gm"] - maps["wm"], 0.0, 1.0)
+    head_tissue = maps["t1"] > 0.2
+    csf = np.clip(head_tissue.astype(np.float32) - maps["gm"] - maps["wm"], 0.0, 1.0)
+    brain = ndimage.binary_fill_holes(maps["gm"] + maps["wm"] > 0.5)
     return Template(t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], csf=csf, brain=brain, affine=affine)
