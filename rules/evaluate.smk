@@ -71,9 +71,11 @@ rule table1:
         thresholds=expand("results/thresholds/{method}.json", method=METHODS),
         code=package_code("evaluation/tables.py"),
     output:
-        oracle_csv="results/table1.csv",
+        oracle_csv=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         oracle_md="results/table1.md",
-        **{f"{p}_{kind}": f"results/table1_{p}.{kind}" for p in PROTOCOLS[1:] for kind in ("csv", "md")},
+        **{f"{p}_csv": report(f"results/table1_{p}.csv", caption="../report/table1_deployable.rst",
+                              category="Table 1", labels={"protocol": p}) for p in PROTOCOLS[1:]},
+        **{f"{p}_md": f"results/table1_{p}.md" for p in PROTOCOLS[1:]},
         size_bins_csv="results/table1_size_bins.csv",
     params:
         cfg=config["evaluation"],
@@ -100,8 +102,8 @@ rule evaluation_figures:
         thresholds=expand("results/thresholds/{method}.json", method=METHODS),
         code=package_code("evaluation/figures.py"),
     output:
-        montage="results/figures/montage.png",
-        froc="results/figures/froc.png",
+        montage=report("results/figures/montage.png", caption="../report/montage.rst", category="Heatmaps"),
+        froc=report("results/figures/froc.png", caption="../report/froc.rst", category="Detection"),
     params:
         cfg=config["evaluation"],
         seed=config["seed"],

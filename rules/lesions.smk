@@ -34,7 +34,7 @@ rule lesion_summary:
         images=lambda wc: set_images("test_lesioned"),
     output:
         table="results/lesions/summary.tsv",
-        figure="results/figures/lesions.png",
+        figure=report("results/figures/lesions.png", caption="../report/lesions.rst", category="Lesions"),
     params:
         n_show=config["figures"]["lesion_subjects"],
     log:

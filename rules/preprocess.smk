@@ -96,7 +96,7 @@ rule cohort_figure:
         masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
         code=package_code("qc.py"),
     output:
-        "results/figures/cohort.png",
+        report("results/figures/cohort.png", caption="../report/cohort.rst", category="Cohort"),
     params:
         n_subjects=config["figures"]["cohort_subjects"],
         seed=config["seed"],

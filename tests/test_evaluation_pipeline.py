@@ -192,20 +192,19 @@ def test_workflow_scripts_run_on_snakemake_style_arguments(tree, tmp_path):
     method = "zscore"
     thresholds = tmp_path / "thresholds.json"
     runs = [
-        ("evaluation_thresholds", {
-            "val_heatmaps": tree.heat(method, "val"), "test_heatmaps": tree.heat(method, "test"),
-            "val_brainmasks": tree.brains("val"), "test_brainmasks": tree.brains("test")},
-         [str(thresholds)], {"cfg": cfg, "method": method}),
-        ("evaluate", {"heatmaps": tree.heat(method, "test_lesioned"), "masks": tree.masks,
-                      "brainmasks": tree.brains("test_lesioned"), "thresholds": str(thresholds)},
-         [str(tmp_path / f"{method}_fpr10.csv")], {"cfg": cfg, "method": method, "protocol": "fpr10"}),
+        ("evaluation_thresholds", {"val_brainmasks": tree.brains("val"), "test_brainmasks": tree.brains("test")},
+         [str(thresholds)], {"cfg": cfg, "method": method, "val_heatmaps": tree.heat(method, "val"),
+                             "test_heatmaps": tree.heat(method, "test")}),
+        ("evaluate", {"masks": tree.masks, "brainmasks": tree.brains("test_lesioned"), "thresholds": str(thresholds)},
+         [str(tmp_path / f"{method}_fpr10.csv")],
+         {"cfg": cfg, "method": method, "protocol": "fpr10", "heatmaps": tree.heat(method, "test_lesioned")}),
         ("table1", {"metrics": [str(tmp_path / f"{method}_fpr10.csv")], "thresholds": [str(thresholds)]},
          {**{f"{p}_{k}": str(tmp_path / f"t_{p}.{k}") for p in tree.cfg.protocols for k in ("csv", "md")},
           "size_bins_csv": str(tmp_path / "bins.csv")}, {"cfg": cfg}),
-        ("evaluation_figures", {"heatmaps": tree.heat(method, "test_lesioned"), "images": tree.images,
-                                "masks": tree.masks, "brainmasks": tree.brains("test_lesioned"),
-                                "thresholds": [str(thresholds)]},
-         {"montage": str(tmp_path / "montage.png"), "froc": str(tmp_path / "froc.png")}, {"cfg": cfg, "seed": 1}),
+        ("evaluation_figures", {"images": tree.images, "masks": tree.masks,
+                                "brainmasks": tree.brains("test_lesioned"), "thresholds": [str(thresholds)]},
+         {"montage": str(tmp_path / "montage.png"), "froc": str(tmp_path / "froc.png")},
+         {"cfg": cfg, "seed": 1, "heatmaps": tree.heat(method, "test_lesioned")}),
     ]
     for name, inputs, outputs, params in runs:
         smk = _snakemake(tmp_path, name, inputs, outputs, params)
