@@ -229,11 +229,27 @@ def test_folder_source_places_user_lesions(tmp_path, subject):
     assert 6000 - max(volumes) <= table["volume_mm3"].sum() <= 6000
     by_name = {les.source: les.volume_mm3 for les in library}
     for _, row in table.iterrows():
-        assert lesions._MIN_KEPT * by_name[row["source"]] * 0.9 <= row["volume_mm3"] <= 1.15 * by_name[row["source"]]
+        volume = by_name[row["source"]]
+        assert lesions._MIN_KEPT * volume <= row["volume_mm3"] <= volume + result.fine.voxel_volume
     assert np.bincount(result.fine_labels.ravel())[1:].sum() * result.fine.voxel_volume == pytest.approx(
         table["volume_mm3"].sum()
     )
     assert not (result.mask & ~brain).any()
+
+
+def test_coarse_user_lesion_keeps_its_volume_at_the_fine_grid(tmp_path, subject):
+    """A 10 mm cube drawn at 2 mm, placed at 1 mm: its outer 1 mm lies between its edge voxel centres and
+    their faces (interpolated value 0.5), so cutting at the edge centres or thresholding would keep only
+    9^3 of its 10^3 mm^3. Placed lesions keep >= _MIN_KEPT of the user's volume and never exceed it."""
+    image, brain, affine, _ = subject
+    (tmp_path / "cube").mkdir()
+    cube = np.zeros((8, 8, 8), dtype=bool)
+    cube[2:7, 2:7, 2:7] = True
+    io.write_nifti(cube, load_template().affine @ np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "cube" / "c.nii.gz")
+    cfg = {"source": "folder", "folder": str(tmp_path / "cube"), "load_ml": 4}
+    table = lesions.simulate_lesions(image, brain, affine, cfg, 7, "sub-cube").lesions
+    assert len(table) == 4
+    assert table["volume_mm3"].between(lesions._MIN_KEPT * 1000.0, 1000.0).all(), table["volume_mm3"]
 
 
 def test_bad_parameters_raise_clear_errors(tmp_path, subject):
