@@ -30,12 +30,15 @@ include: "rules/cohort.smk"
 include: "rules/preprocess.smk"
 include: "rules/lesions.smk"
 include: "rules/zscore.smk"
+include: "rules/score.smk"
+include: "rules/flow.smk"
 include: "rules/evaluate.smk"
 
 
 rule all:
     input:
         "results/table1.csv",
+        "results/msma_image_auroc.csv",
         "results/figures/montage.png",
         "results/figures/lesions.png",
         "results/figures/cohort.png",

@@ -83,3 +83,8 @@ def lesion_seed(subject):
     """Test lesions use the run's seed; the lesioned validation set another (seed + 1), so a choice made on
     validation lesions has never seen a test lesion's placement draw."""
     return config["seed"] + (1 if subject in split_members("val") else 0)
+
+
+def gpu_count(section):
+    """GPUs a stage asks the scheduler for: none when its config section pins the CPU, else one."""
+    return 0 if config[section].get("device", "auto") == "cpu" else 1

@@ -1,0 +1,73 @@
+# Spatial-MSMA: the conditional flow on patch score norms (and its ablations), then per-voxel NLL heatmaps.
+FLOW_METHODS = ["spatial_msma", "spatial_msma_nopos", "spatial_msma_noglobal", "spatial_msma_gmm", "voxel_gaussian"]
+
+
+def norm_files(image_set):
+    """The score-norm cache files written beside a set's manifest, in the set's subject order."""
+    return [f"results/score_norms/{image_set}/{s}.npz" for s in set_subjects(image_set)]
+
+
+rule train_flow:
+    input:
+        train_manifest="results/score_norms/train/manifest.tsv",
+        val_manifest="results/score_norms/val/manifest.tsv",
+        train_images=lambda wc: set_images("train"),
+        val_images=lambda wc: set_images("val"),
+        code=package_code("flow/model.py", "flow/train.py", "flow/context.py", "flow/gaussian.py", "training.py"),
+    output:
+        model="results/models/{method}/model.pt",
+        log="results/models/{method}/training_log.csv",
+        figure=report("results/figures/{method}_training.png", caption="../report/flow_training.rst",
+                      category="Training", labels={"model": "{method}"}),
+    wildcard_constraints:
+        method="|".join(FLOW_METHODS),
+    params:
+        cfg=config["flow"],
+        method="{method}",
+        seed=config["seed"],
+        checkpoint_dir="results/checkpoints/{method}",
+        train_norms=lambda wc: norm_files("train"),
+        val_norms=lambda wc: norm_files("val"),
+    log:
+        "results/logs/train_flow/{method}.log",
+    benchmark:
+        "results/benchmarks/train_flow/{method}.tsv"
+    # One thread: on 2 cores the flow's small matrices ran 18x slower per step with two.
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=gpu_count("flow"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/train_flow.py"
+
+
+rule heatmap_flow:
+    input:
+        model="results/models/{method}/model.pt",
+        norms_manifest="results/score_norms/{set}/manifest.tsv",
+        images=lambda wc: set_images(wc.set),
+        code=package_code("flow/heatmap.py"),
+    output:
+        directory("results/heatmaps/{method}/{set}"),
+    wildcard_constraints:
+        method="|".join(FLOW_METHODS),
+    params:
+        cfg=config["flow"],
+        norms=lambda wc: norm_files(wc.set),
+        heatmaps=lambda wc: heatmap_files(wc.method, wc.set),
+    log:
+        "results/logs/heatmap_flow/{method}_{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_flow/{method}_{set}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=gpu_count("flow"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/heatmap_flow.py"

@@ -1,0 +1,87 @@
+# Score model: VE-SDE denoising score matching, then the score-norm cache of every image set, then
+# image-level MSMA (a GMM on whole-image score norms).
+
+
+rule train_score_model:
+    input:
+        train=lambda wc: set_images("train"),
+        train_masks=lambda wc: set_brainmasks("train"),
+        val=lambda wc: set_images("val"),
+        code=package_code("score/train.py", "score/network.py", "score/sde.py", "training.py"),
+    output:
+        model="results/models/score/model.pt",
+        log="results/models/score/training_log.csv",
+        figure=report("results/figures/score_training.png", caption="../report/score_training.rst",
+                      category="Training"),
+    params:
+        cfg=config["score"],
+        seed=config["seed"],
+        checkpoint_dir="results/checkpoints/score",
+    log:
+        "results/logs/train_score_model.log",
+    benchmark:
+        "results/benchmarks/train_score_model.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=600,
+        gpu=gpu_count("score"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/train_score_model.py"
+
+
+rule score_norms:
+    input:
+        model="results/models/score/model.pt",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+        code=package_code("score/norms.py"),
+    output:
+        manifest="results/score_norms/{set}/manifest.tsv",
+    params:
+        cfg=config["score_norms"],
+        subjects=lambda wc: set_subjects(wc.set),
+    log:
+        "results/logs/score_norms/{set}.log",
+    benchmark:
+        "results/benchmarks/score_norms/{set}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_count("score_norms"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/score_norms.py"
+
+
+rule msma_image:
+    input:
+        train="results/score_norms/train/manifest.tsv",
+        val="results/score_norms/val/manifest.tsv",
+        test="results/score_norms/test/manifest.tsv",
+        test_lesioned="results/score_norms/test_lesioned/manifest.tsv",
+        lesion_masks=lambda wc: set_lesion_masks("test_lesioned"),
+        code=package_code("score/msma.py"),
+    output:
+        auroc="results/msma_image_auroc.csv",
+        scores="results/msma_image_scores.csv",
+        figure=report("results/figures/score_norms.png", caption="../report/score_norms.rst", category="Score norms"),
+    params:
+        cfg=config["msma_image"],
+        seed=config["seed"],
+    log:
+        "results/logs/msma_image.log",
+    benchmark:
+        "results/benchmarks/msma_image.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/msma_image.py"

@@ -1,0 +1,223 @@
+"""Multiscale score norms (the MSMA features), cached per image.
+
+For an image x and noise level sigma_i the network's score is evaluated at the CLEAN image (no noise
+added). The sigma-scaled score sigma_i s(x, sigma_i) is reduced over channels (signed sum, the authors'
+choice, or the Euclidean norm) and then L2-normed over each 3x3x3 neighbourhood (stride 1, zero padding 1):
+an L-vector per voxel, the "patch score norm". The whole-image norm per level is the L2 norm of the
+sigma-scaled score over all channels and voxels (MSMA's image feature, independent of the channel switch).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from spatial_msma import io
+from spatial_msma.io import InputError
+from spatial_msma.progress import Progress
+from spatial_msma.score.network import ScoreModel, load_score_model
+from spatial_msma.training import as_path_list, resolve_device
+
+CHANNEL_REDUCTIONS = ("sum", "norm")
+CACHE_DTYPES = ("float16", "float32")
+CACHE_KEYS = ("patch_norms", "image_norms", "sigmas", "mask", "affine")
+
+
+@dataclass(frozen=True)
+class NormsConfig:
+    """The ``score_norms`` config section. ``batch_levels`` 0 sends all levels through the net at once."""
+
+    n_levels: int = 10
+    t_min: float = 0.01
+    t_max: float = 0.8
+    channel_reduction: str = "sum"
+    dtype: str = "float16"
+    batch_levels: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, object] | None) -> NormsConfig:
+        cfg = dict(cfg or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise InputError(f"config score_norms: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        out = cls(**cfg)  # type: ignore[arg-type]
+        if out.channel_reduction not in CHANNEL_REDUCTIONS:
+            raise InputError(f"config score_norms.channel_reduction: expected one of {CHANNEL_REDUCTIONS}, "
+                             f"got {out.channel_reduction!r}")
+        if out.dtype not in CACHE_DTYPES:
+            raise InputError(f"config score_norms.dtype: expected one of {CACHE_DTYPES}, got {out.dtype!r}")
+        if out.batch_levels < 0:
+            raise InputError(f"config score_norms.batch_levels: must be >= 0, got {out.batch_levels}")
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def patch_norms(scaled_score: torch.Tensor, channel_reduction: str = "sum") -> torch.Tensor:
+    """(L, C, X, Y, Z) sigma-scaled scores -> (L, X, Y, Z) L2 norms over 3x3x3 neighbourhoods.
+
+    ``sum``: the channels are added (signed) first, so a T1 and a T2 deviation of opposite sign can
+    cancel, as in the authors' code; ``norm``: squared channels are added, nothing cancels.
+    """
+    if channel_reduction == "sum":
+        squared = scaled_score.sum(1, keepdim=True).pow(2)
+    elif channel_reduction == "norm":
+        squared = scaled_score.pow(2).sum(1, keepdim=True)
+    else:
+        raise InputError(f"channel_reduction: expected one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+    summed = F.avg_pool3d(squared, kernel_size=3, stride=1, padding=1, count_include_pad=True) * 27.0
+    return summed.clamp_min(0.0).sqrt()[:, 0]
+
+
+def image_norms(scaled_score: torch.Tensor) -> torch.Tensor:
+    """(L, C, X, Y, Z) -> (L,) L2 norm over every channel and voxel."""
+    return scaled_score.flatten(1).norm(dim=1)
+
+
+@torch.no_grad()
+def score_norms(
+    model: ScoreModel, image: np.ndarray, sigmas: np.ndarray, channel_reduction: str, batch_levels: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch norms (L, X, Y, Z) and image norms (L,) of one clean (C, X, Y, Z) image, float32.
+
+    The L levels go through the network as one batch (or chunks of ``batch_levels``): one forward pass
+    per chunk instead of one per level.
+    """
+    net = model.net
+    if image.shape[0] != net.in_channels or tuple(image.shape[1:]) != net.image_shape:
+        raise InputError(f"score norms: image {image.shape} does not match the model's "
+                         f"({net.in_channels}, {', '.join(map(str, net.image_shape))})")
+    device = next(net.parameters()).device
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)[None]
+    sig = torch.from_numpy(np.asarray(sigmas, dtype=np.float32)).to(device)
+    chunk = batch_levels if batch_levels > 0 else len(sig)
+    patches, whole = [], []
+    for start in range(0, len(sig), chunk):
+        s = sig[start:start + chunk]
+        scaled = net(x.expand(len(s), *x.shape[1:]).contiguous(), s) * s.reshape(-1, 1, 1, 1, 1)
+        patches.append(patch_norms(scaled, channel_reduction).cpu())
+        whole.append(image_norms(scaled).cpu())
+    return torch.cat(patches).numpy(), torch.cat(whole).numpy()
+
+
+def write_norm_cache(
+    path: str | os.PathLike, patch: np.ndarray, whole: np.ndarray, sigmas: np.ndarray, mask: np.ndarray,
+    affine: np.ndarray, dtype: str = "float16",
+) -> None:
+    """One ``.npz`` per image, keys as in the data contract; written atomically."""
+    with io.atomic_path(path) as tmp:
+        np.savez_compressed(
+            tmp,
+            patch_norms=patch.astype(dtype),
+            image_norms=whole.astype(np.float32),
+            sigmas=np.asarray(sigmas, np.float32),
+            mask=mask.astype(bool),
+            affine=np.asarray(affine, np.float64),
+        )
+
+
+def read_norm_cache(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Load and check one cache file: all keys present and shapes consistent, else :class:`InputError`."""
+    try:
+        with np.load(path) as data:
+            out = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"score-norm cache {path}: unreadable ({type(err).__name__}: {err})") from err
+    missing = [k for k in CACHE_KEYS if k not in out]
+    if missing:
+        raise InputError(f"score-norm cache {path}: missing key(s) {missing}")
+    n_levels = len(out["sigmas"])
+    if out["patch_norms"].shape != (n_levels, *out["mask"].shape) or out["image_norms"].shape != (n_levels,):
+        raise InputError(f"score-norm cache {path}: inconsistent shapes patch_norms {out['patch_norms'].shape}, "
+                         f"image_norms {out['image_norms'].shape}, sigmas {out['sigmas'].shape}, "
+                         f"mask {out['mask'].shape}")
+    return out
+
+
+def manifest_paths(manifest: str | os.PathLike, subjects: Sequence[str]) -> list[Path]:
+    """Cache files of a set written next to its manifest: ``<manifest dir>/<subject>.npz``."""
+    return [Path(manifest).parent / f"{subject}.npz" for subject in subjects]
+
+
+def expand_cache_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Cache paths, with every ``.tsv`` manifest replaced by the files it lists (in its order).
+
+    A Snakemake rule cannot declare outputs that depend on a checkpoint's subject list, so a per-set job
+    declares a manifest and writes the per-subject files beside it; readers accept either form.
+    """
+    out: list[Path] = []
+    for path in paths:
+        if str(path).endswith(".tsv"):
+            try:
+                table = pd.read_csv(path, sep="\t", dtype=str)
+            except (OSError, ValueError) as err:
+                raise InputError(f"score-norm manifest {path}: unreadable ({err})") from err
+            if "path" not in table:
+                raise InputError(f"score-norm manifest {path}: no 'path' column")
+            out.extend(Path(p) for p in table["path"])
+        else:
+            out.append(Path(path))
+    return out
+
+
+def compute_score_norm_cache(
+    model_path: str | os.PathLike,
+    image_paths: Sequence[str | os.PathLike],
+    mask_paths: Sequence[str | os.PathLike],
+    out_paths: Sequence[str | os.PathLike] | None,
+    cfg: Mapping[str, object] | NormsConfig,
+    logger: logging.Logger | None = None,
+    manifest: str | os.PathLike | None = None,
+    subjects: Sequence[str] | None = None,
+) -> None:
+    """Score norms of a list of images (a whole split per job: the imports cost seconds, one image less).
+
+    ``mask_paths`` are the brain masks of the same subjects (a lesioned image keeps its subject's mask).
+    Outputs: the explicit ``out_paths``, or (``out_paths`` None) ``<manifest dir>/<subject>.npz`` for
+    ``subjects`` plus the ``manifest`` TSV (subject, path, image), written last so it marks completion.
+    """
+    logger = logger or logging.getLogger("spatial_msma")
+    cfg = cfg if isinstance(cfg, NormsConfig) else NormsConfig.from_dict(cfg)
+    image_paths, mask_paths = as_path_list(image_paths), as_path_list(mask_paths)
+    if out_paths is None:
+        if manifest is None or subjects is None:
+            raise InputError("score norms: give either the output paths or a manifest and the subject ids")
+        out_paths = manifest_paths(manifest, subjects)
+    out_paths = as_path_list(out_paths)
+    if subjects is not None and len(subjects) != len(out_paths):
+        raise InputError(f"score norms: {len(subjects)} subject ids for {len(out_paths)} outputs")
+    if not len(image_paths) == len(mask_paths) == len(out_paths):
+        raise InputError(f"score norms: {len(image_paths)} images, {len(mask_paths)} masks and "
+                         f"{len(out_paths)} outputs must be the same number")
+    device = resolve_device(cfg.device)
+    model = load_score_model(model_path, device)
+    sigmas = model.sde.levels(cfg.n_levels, cfg.t_min, cfg.t_max)
+    logger.info("score norms of %d images at %d levels, sigma %.4g..%.4g (t %.3g..%.3g), channel %s, device %s",
+                len(image_paths), cfg.n_levels, sigmas[0], sigmas[-1], cfg.t_min, cfg.t_max,
+                cfg.channel_reduction, device)
+    progress = Progress(len(image_paths), "score norms", logger)
+    for k, (image_path, mask_path, out_path) in enumerate(zip(image_paths, mask_paths, out_paths, strict=True)):
+        image, affine = io.read_channels(image_path)
+        mask, _ = io.read_mask(mask_path)
+        if mask.shape != image.shape[1:]:
+            raise InputError(f"brain mask {mask_path}: shape {mask.shape} differs from image {image_path} "
+                             f"{image.shape[1:]}")
+        patch, whole = score_norms(model, image, sigmas, cfg.channel_reduction, cfg.batch_levels)
+        write_norm_cache(out_path, patch, whole, sigmas, mask, affine, cfg.dtype)
+        progress.update(k + 1)
+    if manifest is not None:
+        names = list(subjects) if subjects is not None else [Path(p).name.removesuffix(".npz") for p in out_paths]
+        table = pd.DataFrame({"subject": names, "path": [str(p) for p in out_paths],
+                              "image": [str(p) for p in image_paths]})
+        io.write_table(table, manifest)

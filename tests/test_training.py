@@ -1,0 +1,148 @@
+"""Generic resumable-training helpers: devices, EMA, warm-up, checkpoints, RNG state, the CSV log."""
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from spatial_msma.io import InputError
+from spatial_msma.training import (
+    CheckpointDir,
+    CsvLog,
+    make_ema,
+    resolve_device,
+    restore_rng_state,
+    restore_training_state,
+    resume_or_start,
+    rng_state,
+    training_state,
+    warmup_scheduler,
+)
+
+torch.set_num_threads(1)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_ema_follows_the_warmed_up_decay():
+    """After the first update (a copy) each update lerps by 1 - min(decay, (1 + n) / (10 + n))."""
+    model = nn.Linear(1, 1, bias=False)
+    ema = make_ema(model, decay=0.9)
+    expected = None
+    for k, value in enumerate([1.0, 2.0, 4.0, 8.0]):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update_parameters(model)
+        if k == 0:
+            expected = value
+        else:
+            decay = min(0.9, (1 + k) / (10 + k))
+            expected = decay * expected + (1 - decay) * value
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(InputError):
+        make_ema(model, decay=1.0)
+
+
+def test_warmup_is_linear_then_constant():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_scheduler(opt, 4)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    opt0 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.3)
+    warmup_scheduler(opt0, 0)
+    assert opt0.param_groups[0]["lr"] == pytest.approx(0.3)
+
+
+def test_rng_state_round_trip():
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(5)
+    state = rng_state({"g": gen})
+    first = (torch.rand(3, generator=gen), torch.rand(3))
+    restore_rng_state(state, {"g": gen})
+    assert torch.equal(torch.rand(3, generator=gen), first[0])
+    assert torch.equal(torch.rand(3), first[1])
+    with pytest.raises(InputError, match="other"):
+        restore_rng_state(state, {"other": gen})
+
+
+def test_checkpoints_are_pruned_and_the_latest_wins(tmp_path):
+    ckpt = CheckpointDir(tmp_path / "ck", keep=2)
+    assert ckpt.latest() is None
+    for step in (5, 10, 15):
+        ckpt.save(step, {"step": step, "w": torch.full((2,), float(step))})
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["step_000000010.pt", "step_000000015.pt"]
+    assert ckpt.load(ckpt.latest())["step"] == 15
+    # a temporary left by a writer killed mid-save is never mistaken for a checkpoint, and is cleaned up
+    (tmp_path / "ck" / ".step_000000020.abc.tmp.pt").write_bytes(b"partial")
+    assert ckpt.latest().name == "step_000000015.pt"
+    ckpt.remove_temporaries()
+    assert not list((tmp_path / "ck").glob(".step_*"))
+    (tmp_path / "ck" / "step_000000030.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="step_000000030.pt"):
+        ckpt.load(ckpt.latest())
+
+
+def test_training_state_round_trip_and_fingerprint(tmp_path):
+    def build():
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        opt = torch.optim.Adam(model.parameters(), lr=0.1)
+        return model, opt, warmup_scheduler(opt, 3), make_ema(model, 0.9), {"train": torch.Generator().manual_seed(1)}
+
+    def run(objs, n):
+        model, opt, sched, ema, gens = objs
+        for _ in range(n):
+            x = torch.randn(4, 3, generator=gens["train"])
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+
+    straight = build()
+    run(straight, 6)
+    first = build()
+    run(first, 3)
+    ckpt = CheckpointDir(tmp_path / "ck")
+    ckpt.save(3, training_state(3, *first, fingerprint={"a": 1}))
+    logger = logging.getLogger("test")
+    state = resume_or_start(ckpt, {"a": 1}, logger)
+    second = build()
+    assert restore_training_state(state, *second) == 3
+    run(second, 3)
+    for a, b in zip(straight[0].parameters(), second[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(straight[3].module.weight, second[3].module.weight)
+    # a different configuration does not resume: its checkpoints are removed
+    assert resume_or_start(ckpt, {"a": 2}, logger) is None
+    assert ckpt.latest() is None
+
+
+def test_csv_log_truncates_rows_past_the_resume_step_and_partial_lines(tmp_path):
+    log = CsvLog(tmp_path / "log.csv", ["step", "loss"])
+    log.truncate(0)
+    for step in range(1, 5):
+        log.append({"step": step, "loss": step / 10})
+    with (tmp_path / "log.csv").open("a") as handle:
+        handle.write("5,0.")  # a kill in the middle of a row
+    log.truncate(2)
+    assert (tmp_path / "log.csv").read_text() == "step,loss\n1,0.1\n2,0.2\n"
+    log.append({"step": 3, "loss": None})
+    assert (tmp_path / "log.csv").read_text().endswith("3,\n")
+    with pytest.raises(ValueError, match="loss"):
+        log.append({"step": 4})
