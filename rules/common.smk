@@ -47,6 +47,9 @@ def subject_scans(wildcards):
 
 # Image sets every detector is run on. Lesioned sets: the test split (scored once, at the end) and the
 # validation split with lesions from another seed (for choices that must not look at test lesions).
+# Density models on cached score norms: Spatial-MSMA and its ablations (one model file and heatmap set each).
+FLOW_METHODS = ["spatial_msma", "spatial_msma_nopos", "spatial_msma_noglobal", "spatial_msma_gmm", "voxel_gaussian"]
+
 IMAGE_SETS = {
     "train": ("train", False),
     "val": ("val", False),
@@ -88,3 +91,8 @@ def lesion_seed(subject):
 def gpu_count(section):
     """GPUs a stage asks the scheduler for: none when its config section pins the CPU, else one."""
     return 0 if config[section].get("device", "auto") == "cpu" else 1
+
+
+def norm_files(image_set):
+    """The score-norm cache files written beside a set's manifest, in the set's subject order."""
+    return [f"results/score_norms/{image_set}/{s}.npz" for s in set_subjects(image_set)]

@@ -1,10 +1,5 @@
 # Spatial-MSMA: the conditional flow on patch score norms (and its ablations), then per-voxel NLL heatmaps.
-FLOW_METHODS = ["spatial_msma", "spatial_msma_nopos", "spatial_msma_noglobal", "spatial_msma_gmm", "voxel_gaussian"]
 
-
-def norm_files(image_set):
-    """The score-norm cache files written beside a set's manifest, in the set's subject order."""
-    return [f"results/score_norms/{image_set}/{s}.npz" for s in set_subjects(image_set)]
 
 
 rule train_flow:
