@@ -126,9 +126,9 @@ def test_heatmaps_reject_mismatched_inputs(trained, tmp_path):
 def test_heatmap_script_runs_under_a_snakemake_namespace(trained, tmp_path):
     _, test, models = trained
     outs = [str(tmp_path / "heat" / f"{p.stem}.nii.gz") for p in test.norm_paths]
-    sm = SimpleNamespace(input=SimpleNamespace(model=str(models["voxel_gaussian"]), norms=test.norm_paths,
-                                               images=test.image_paths),
-                         output=SimpleNamespace(heatmaps=outs), params=SimpleNamespace(cfg=CFG),
+    sm = SimpleNamespace(input=SimpleNamespace(model=str(models["voxel_gaussian"]), images=test.image_paths),
+                         output=[str(tmp_path / "heat")],
+                         params=SimpleNamespace(cfg=CFG, norms=test.norm_paths, heatmaps=outs),
                          log=[str(tmp_path / "heatmap.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "heatmap_flow.py"), init_globals={"snakemake": sm})
     assert all(Path(p).exists() for p in outs)

@@ -130,12 +130,12 @@ def test_train_flow_script_runs_under_a_snakemake_namespace(data, tmp_path):
     train, val = data
     (tmp_path / "logs").mkdir()
     sm = SimpleNamespace(
-        input=SimpleNamespace(train_norms=train.norm_paths, train_images=train.image_paths,
-                              val_norms=val.norm_paths, val_images=val.image_paths),
+        input=SimpleNamespace(train_images=train.image_paths, val_images=val.image_paths),
         output=SimpleNamespace(model=str(tmp_path / "model.pt"), log=str(tmp_path / "log.csv"),
                                figure=str(tmp_path / "fig.png")),
         params=SimpleNamespace(cfg={**TINY, "steps": 10}, method="spatial_msma_noglobal", seed=0,
-                               checkpoint_dir=str(tmp_path / "ckpt")),
+                               checkpoint_dir=str(tmp_path / "ckpt"), train_norms=train.norm_paths,
+                               val_norms=val.norm_paths),
         log=[str(tmp_path / "logs" / "train_flow.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "train_flow.py"), init_globals={"snakemake": sm})
     payload = load_payload(tmp_path / "model.pt")
