@@ -1,5 +1,7 @@
 """VE-SDE schedule, DSM loss against an analytic score, and the automatic sigma_min / sigma_max."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,16 @@ def test_schedule_endpoints_and_geometric_levels():
     assert sde.t_of_sigma(float(levels[5])) == pytest.approx(0.1 + 5 * 0.9 / 19, rel=1e-5)
     t = sde.sample_t(1000, torch.Generator().manual_seed(0))
     assert float(t.min()) >= sde.t_eps and float(t.max()) <= 1.0
+    lognormal = sde.sample_t(20000, torch.Generator().manual_seed(0), "lognormal", -1.2, 1.2)
+    assert float(lognormal.min()) == pytest.approx(sde.t_eps) and float(lognormal.max()) <= 1.0
+    sig = sde.sigma(lognormal.double())
+    assert float(sig.median()) == pytest.approx(math.exp(-1.2), rel=0.05)  # the median of the log-normal
+    assert float((sig < 1.3).double().mean()) > 0.7  # most training where the MSMA levels are
+    mixed = sde.sample_t(20000, torch.Generator().manual_seed(0), "lognormal", -1.2, 1.2, 0.25)
+    assert float((mixed > 0.9).double().mean()) == pytest.approx(0.25 * 0.1, abs=0.006)  # from the uniform share
+    assert float((lognormal > 0.9).double().mean()) < 0.001
+    with pytest.raises(InputError, match="t_sampling"):
+        sde.sample_t(3, torch.Generator(), "beta")
     with pytest.raises(InputError):
         VESDE(1.0, 0.5)
     with pytest.raises(InputError):

@@ -80,6 +80,10 @@ def test_config_errors_name_the_key():
         ScoreConfig.from_dict({"checkpoint_every": 5, "log_every": 2})
     with pytest.raises(InputError, match="loss_reduction"):
         ScoreConfig.from_dict({"loss_reduction": "median"})
+    with pytest.raises(InputError, match="t_sampling"):
+        ScoreConfig.from_dict({"t_sampling": "beta"})
+    with pytest.raises(InputError, match="t_uniform_fraction"):
+        ScoreConfig.from_dict({"t_uniform_fraction": 1.5})
 
 
 def test_training_writes_a_self_describing_model_log_and_figure(data, tmp_path):

@@ -18,6 +18,7 @@ from sklearn.metrics import pairwise_distances
 from spatial_msma.io import InputError
 
 LOSS_REDUCTIONS = ("mean", "sum")
+T_SAMPLINGS = ("uniform", "lognormal")
 
 #: Lower bound for an automatic sigma_min (0.5 % of the [-1, 1] intensity range): a noise-free image
 #: would otherwise give sigma_min ~ 0 and a schedule whose lowest levels no network can fit.
@@ -47,23 +48,26 @@ class VESDE:
 
     def sample_t(
         self, n: int, generator: torch.Generator, kind: str = "uniform", log_sigma_mean: float = -1.2,
-        log_sigma_std: float = 1.2,
+        log_sigma_std: float = 1.2, uniform_fraction: float = 0.0,
     ) -> torch.Tensor:
         """Training times from an explicit generator (CPU), so the draw is part of the resumable RNG state.
 
         ``uniform``: t ~ U[eps, 1] (the paper). ``lognormal``: log sigma ~ N(mean, std) (Karras et al. 2022),
-        mapped to t and clipped to [eps, 1]: it puts the training where the MSMA levels are (sigma 0.05 to
-        about 1 on [-1, 1] images). Every sigma keeps a positive density, and the DSM minimiser at each
-        sigma does not depend on how often sigma is drawn, so this changes where capacity goes, not what
-        is estimated.
+        mapped to t and clipped to [eps, 1], except a ``uniform_fraction`` of the draws that stay uniform in
+        t so the high levels (which samplers start from) are still trained. It puts the training where the
+        MSMA levels are (sigma 0.05 to about 1 on [-1, 1] images). Every sigma keeps a positive density, and
+        the DSM minimiser at each sigma does not depend on how often sigma is drawn: this changes where
+        capacity goes, not what is estimated.
         """
+        uniform = self.t_eps + (1.0 - self.t_eps) * torch.rand(n, generator=generator)
         if kind == "uniform":
-            return self.t_eps + (1.0 - self.t_eps) * torch.rand(n, generator=generator)
-        if kind == "lognormal":
-            log_sigma = log_sigma_mean + log_sigma_std * torch.randn(n, generator=generator)
-            t = (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
-            return t.clamp(self.t_eps, 1.0)
-        raise InputError(f"config score.t_sampling: expected 'uniform' or 'lognormal', got {kind!r}")
+            return uniform
+        if kind != "lognormal":
+            raise InputError(f"config score.t_sampling: expected one of {T_SAMPLINGS}, got {kind!r}")
+        log_sigma = log_sigma_mean + log_sigma_std * torch.randn(n, generator=generator)
+        t = (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        keep_uniform = torch.rand(n, generator=generator) < uniform_fraction
+        return torch.where(keep_uniform, uniform, t.clamp(self.t_eps, 1.0))
 
     def levels(self, n_levels: int, t_min: float, t_max: float) -> np.ndarray:
         """``n_levels`` sigmas, geometric between sigma(t_min) and sigma(t_max) (ascending), float32."""

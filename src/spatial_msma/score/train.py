@@ -18,7 +18,7 @@ from spatial_msma import io
 from spatial_msma.io import InputError
 from spatial_msma.progress import Progress
 from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreNet
-from spatial_msma.score.sde import LOSS_REDUCTIONS, VESDE, auto_sigmas, dsm_loss
+from spatial_msma.score.sde import LOSS_REDUCTIONS, T_SAMPLINGS, VESDE, auto_sigmas, dsm_loss
 from spatial_msma.training import (
     CheckpointDir,
     CsvLog,
@@ -52,6 +52,7 @@ class ScoreConfig:
     t_sampling: str = "uniform"
     log_sigma_mean: float = -1.2
     log_sigma_std: float = 1.2
+    t_uniform_fraction: float = 0.2
     steps: int = 300
     batch_size: int = 2
     lr: float = 1e-3
@@ -81,6 +82,12 @@ class ScoreConfig:
             value = getattr(out, key)
             if value != "auto" and (isinstance(value, str | bool) or not float(value) > 0):
                 raise InputError(f"config score.{key}: expected 'auto' or a positive number, got {value!r}")
+        if out.t_sampling not in T_SAMPLINGS:
+            raise InputError(f"config score.t_sampling: expected one of {T_SAMPLINGS}, got {out.t_sampling!r}")
+        if not 0.0 <= out.t_uniform_fraction <= 1.0:
+            raise InputError(f"config score.t_uniform_fraction: must be in [0, 1], got {out.t_uniform_fraction}")
+        if not out.log_sigma_std > 0:
+            raise InputError(f"config score.log_sigma_std: must be > 0, got {out.log_sigma_std}")
         if out.loss_reduction not in LOSS_REDUCTIONS:
             raise InputError(
                 f"config score.loss_reduction: expected one of {LOSS_REDUCTIONS}, got {out.loss_reduction!r}"
@@ -238,7 +245,9 @@ def train_score_model(
         gen = generators["train"]
         idx = torch.randint(len(train_t), (batch_size,), generator=gen)
         x = train_t[idx]
-        sigma = sde.sigma(sde.sample_t(batch_size, gen, cfg.t_sampling, cfg.log_sigma_mean, cfg.log_sigma_std))
+        t = sde.sample_t(batch_size, gen, cfg.t_sampling, cfg.log_sigma_mean, cfg.log_sigma_std,
+                         cfg.t_uniform_fraction)
+        sigma = sde.sigma(t)
         z = torch.randn(x.shape, generator=gen)
         model.train()
         loss = dsm_loss(model, x.to(device), sigma.to(device), z.to(device), cfg.loss_reduction)
