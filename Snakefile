@@ -43,4 +43,7 @@ rule all:
         "results/figures/lesions.png",
         "results/figures/cohort.png",
         "results/cropped/manifest.tsv",
+        "results/diagnostics/score_levels.csv",
+        "results/validation/table.csv",
+        ["results/diagnostics/ablations.csv"] if config["diagnostics"]["ablations"] else [],
     default_target: True

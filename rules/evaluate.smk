@@ -6,6 +6,10 @@ from spatial_msma.names import protocol_name  # noqa: E402  (pure Python, no hea
 
 PROTOCOLS = ["oracle"] + [protocol_name(level) for level in config["evaluation"]["fpr_levels"]]
 METHODS = config["methods"]
+# The ablation table: Spatial-MSMA, its ablations and the per-voxel Gaussian, with the z-score floor.
+ABLATION_METHODS = ["zscore", *FLOW_METHODS]
+# Validation (lesioned val split, oracle protocol): every detector of the run, plus the ablations when on.
+VALIDATION_METHODS = list(dict.fromkeys(METHODS + (ABLATION_METHODS if config["diagnostics"]["ablations"] else [])))
 
 
 rule evaluation_thresholds:
@@ -120,3 +124,91 @@ rule evaluation_figures:
         "../envs/spatial-msma.yaml"
     script:
         "../workflow/scripts/evaluation_figures.py"
+
+
+rule evaluate_validation:
+    # The lesioned validation split (lesions from seed + 1), oracle protocol: what choices are made on.
+    input:
+        heatmap_dir="results/heatmaps/{method}/val_lesioned",
+        masks=lambda wc: set_lesion_masks("val_lesioned"),
+        brainmasks=lambda wc: set_brainmasks("val_lesioned"),
+        code=package_code("evaluation/metrics.py", "evaluation/postprocess.py", "evaluation/pipeline.py"),
+    output:
+        "results/validation/metrics/{method}_oracle.csv",
+    params:
+        cfg=config["evaluation"],
+        method="{method}",
+        protocol="oracle",
+        heatmaps=lambda wc: heatmap_files(wc.method, "val_lesioned"),
+    log:
+        "results/logs/evaluate_validation/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate_validation/{method}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/evaluate.py"
+
+
+rule validation_table:
+    input:
+        metrics=expand("results/validation/metrics/{method}_oracle.csv", method=VALIDATION_METHODS),
+        code=package_code("evaluation/tables.py"),
+    output:
+        oracle_csv=report("results/validation/table.csv", caption="../report/validation_table.rst",
+                          category="Validation"),
+        oracle_md="results/validation/table.md",
+        size_bins_csv="results/validation/size_bins.csv",
+    params:
+        cfg=config["evaluation"],
+        title="Validation (lesioned validation split)",
+        expected_methods=VALIDATION_METHODS,
+        protocols=["oracle"],
+        image_set="lesioned validation",
+    log:
+        "results/logs/validation_table.log",
+    benchmark:
+        "results/benchmarks/validation_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/table1.py"
+
+
+rule ablation_table:
+    # Spatial-MSMA against its ablations on the test split, every protocol, through the same evaluation.
+    input:
+        metrics=expand("results/metrics/{method}_{protocol}.csv", method=ABLATION_METHODS, protocol=PROTOCOLS),
+        thresholds=expand("results/thresholds/{method}.json", method=ABLATION_METHODS),
+        code=package_code("evaluation/tables.py"),
+    output:
+        oracle_csv=report("results/diagnostics/ablations.csv", caption="../report/ablations.rst",
+                          category="Diagnostics"),
+        oracle_md="results/diagnostics/ablations.md",
+        **{f"{p}_csv": f"results/diagnostics/ablations_{p}.csv" for p in PROTOCOLS[1:]},
+        **{f"{p}_md": f"results/diagnostics/ablations_{p}.md" for p in PROTOCOLS[1:]},
+        size_bins_csv="results/diagnostics/ablations_size_bins.csv",
+    params:
+        cfg=config["evaluation"],
+        title="Ablations of Spatial-MSMA (test split)",
+        expected_methods=ABLATION_METHODS,
+    log:
+        "results/logs/ablation_table.log",
+    benchmark:
+        "results/benchmarks/ablation_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/table1.py"

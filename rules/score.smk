@@ -85,3 +85,34 @@ rule msma_image:
         "../envs/spatial-msma.yaml"
     script:
         "../workflow/scripts/msma_image.py"
+
+
+rule score_level_diagnostics:
+    # Which noise levels carry lesion signal: per-level voxel and image AUROC of the raw score norms, on the
+    # lesioned validation set (for choices) and the test set (reported only).
+    input:
+        val_lesioned="results/score_norms/val_lesioned/manifest.tsv",
+        val="results/score_norms/val/manifest.tsv",
+        val_masks=lambda wc: set_lesion_masks("val_lesioned"),
+        test_lesioned="results/score_norms/test_lesioned/manifest.tsv",
+        test="results/score_norms/test/manifest.tsv",
+        test_masks=lambda wc: set_lesion_masks("test_lesioned"),
+        code=package_code("score/diagnostics.py", "score/msma.py"),
+    output:
+        table="results/diagnostics/score_levels.csv",
+        figure=report("results/diagnostics/score_levels.png", caption="../report/score_levels.rst",
+                      category="Diagnostics"),
+    params:
+        seed=config["seed"],
+    log:
+        "results/logs/score_level_diagnostics.log",
+    benchmark:
+        "results/benchmarks/score_level_diagnostics.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/score_level_diagnostics.py"

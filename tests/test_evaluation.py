@@ -17,6 +17,7 @@ from spatial_msma.evaluation import (
     component_counts,
     evaluate_subject,
     fpr_thresholds,
+    lesion_contrast,
     method_order,
     monai_distances,
     oracle_threshold,
@@ -255,6 +256,20 @@ def test_voxel_auroc_auprc_known_values():
     assert voxel_auroc_auprc(gt.astype(float), gt, brain) == (1.0, 1.0)
     assert voxel_auroc_auprc(-gt.astype(float), gt, brain)[0] == 0.0
     assert all(math.isnan(v) for v in voxel_auroc_auprc(gt.astype(float), np.zeros_like(gt), brain))
+
+
+def test_lesion_contrast_known_values():
+    shape = (10, 10, 10)
+    brain = np.ones(shape, dtype=bool)
+    gt = box(shape, (2, 2, 2), (3, 3, 3))
+    rest_values = np.random.default_rng(0).normal(1.0, 2.0, shape)
+    heat = rest_values.copy()
+    heat[gt] = 7.0
+    rest = heat[~gt]
+    assert lesion_contrast(heat, gt, brain) == pytest.approx((7.0 - rest.mean()) / rest.std())
+    assert lesion_contrast(-heat, gt, brain) < 0
+    assert math.isnan(lesion_contrast(heat, np.zeros_like(gt), brain))
+    assert math.isnan(lesion_contrast(np.ones(shape), gt, brain))  # no healthy variation
 
 
 # ---------------------------------------------------------------- config and names

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from spatial_msma.io import read_channels, read_mask
 
@@ -44,6 +45,20 @@ def test_whole_dag_produces_table1(run_dir):
     assert row["n"] >= 1 and 0.0 <= row["tpr_mean"] <= 1.0 and row["hd99_mean"] > 0
     for figure in ("cohort", "lesions", "montage", "froc"):
         assert (run_dir / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
+
+
+def test_diagnostics_validation_and_ablation_tables(run_dir):
+    results = run_dir / "results"
+    levels = pd.read_csv(results / "diagnostics" / "score_levels.csv")
+    n_levels = yaml.safe_load(TINY.read_text())["score_norms"]["n_levels"]
+    assert levels["split"].value_counts().to_dict() == {"val": n_levels, "test": n_levels}
+    assert levels["voxel_auroc"].between(0, 1).all() and (levels["lesion_voxels"] > 0).all()
+    validation = pd.read_csv(results / "validation" / "table.csv")
+    assert {"zscore", "spatial_msma", "voxel_gaussian"} <= set(validation["method"])
+    assert (validation["protocol"] == "oracle").all() and validation["contrast_mean"].notna().all()
+    ablations = pd.read_csv(results / "diagnostics" / "ablations.csv")
+    assert set(ablations["method"]) == {"zscore", "spatial_msma", "spatial_msma_nopos", "spatial_msma_noglobal",
+                                        "spatial_msma_gmm", "voxel_gaussian"}
 
 
 def test_cohort_excludes_exactly_what_was_planted(run_dir):

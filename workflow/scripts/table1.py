@@ -4,7 +4,8 @@ input:  metrics (results/metrics/{method}_{protocol}.csv, every method x protoco
         thresholds (results/thresholds/{method}.json; image AUROC and healthy false positives)
 output: named oracle_csv (results/table1.csv), oracle_md (results/table1.md), fpr05_csv, fpr05_md,
         fpr10_csv, fpr10_md (results/table1_fpr05.csv ...), size_bins_csv (results/table1_size_bins.csv)
-params: cfg=config["evaluation"]
+params: cfg=config["evaluation"]; optional title, expected_methods, protocols, image_set (the validation and
+        ablation tables use the same writer with another title, method list and protocol subset)
 """
 
 from spatial_msma.evaluation import EvaluationConfig, write_tables
@@ -17,4 +18,8 @@ write_tables(
     outputs=dict(snakemake.output.items()),  # noqa: F821
     cfg=EvaluationConfig.from_dict(snakemake.params.cfg),  # noqa: F821
     logger=logger,
+    title=snakemake.params.get("title", "Table 1"),  # noqa: F821
+    expected_methods=snakemake.params.get("expected_methods"),  # noqa: F821
+    protocols=snakemake.params.get("protocols"),  # noqa: F821
+    image_set=snakemake.params.get("image_set", "test"),  # noqa: F821
 )

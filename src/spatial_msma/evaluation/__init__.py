@@ -13,6 +13,7 @@ from spatial_msma.evaluation.metrics import (
     component_counts,
     dice,
     image_score,
+    lesion_contrast,
     monai_distances,
     voxel_auroc_auprc,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "fit_method_thresholds",
     "fpr_thresholds",
     "image_score",
+    "lesion_contrast",
     "load_case",
     "make_figures",
     "method_order",

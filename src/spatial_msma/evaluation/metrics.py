@@ -170,6 +170,20 @@ def voxel_auroc_auprc(heatmap: np.ndarray, reference: np.ndarray, brain: np.ndar
     return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
 
 
+def lesion_contrast(heatmap: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> float:
+    """(mean heatmap inside lesions - mean over the rest of the brain) / SD over the rest of the brain.
+
+    A threshold-free, scale-free signal-to-noise figure: 0 = lesions look like healthy brain, 1 = lesions sit
+    one healthy SD higher on average. NaN without lesion voxels or without healthy variation.
+    """
+    inside = reference & brain
+    rest = brain & ~reference
+    if not inside.any() or not rest.any():
+        return float("nan")
+    sd = float(heatmap[rest].std())
+    return float((heatmap[inside].mean() - heatmap[rest].mean()) / sd) if sd > 0 else float("nan")
+
+
 def best_dice(heatmap: np.ndarray, reference: np.ndarray, brain: np.ndarray) -> float:
     """Best Dice over every threshold of the raw in-brain heatmap (no post-processing), computed exactly.
 

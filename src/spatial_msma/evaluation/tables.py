@@ -32,10 +32,11 @@ PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
     "spatial_msma": {"hd99": (7.05, 0.61), "msd": (2.10, 0.43), "tpr": (0.83, 0.01), "ppv": (0.96, 0.01)},
 }
 PRIMARY = ("hd99", "msd", "tpr", "ppv")
-EXTRA = ("dice", "best_dice", "auroc", "auprc", "hd99_mm", "msd_mm")
+EXTRA = ("dice", "best_dice", "auroc", "auprc", "contrast", "hd99_mm", "msd_mm")
 HEADERS = {
     "hd99": "99-HD", "msd": "MSD", "tpr": "TPR", "ppv": "PPV", "dice": "Dice", "best_dice": "best Dice",
-    "auroc": "voxel AUROC", "auprc": "voxel AUPRC", "hd99_mm": "99-HD (mm)", "msd_mm": "MSD (mm)",
+    "auroc": "voxel AUROC", "auprc": "voxel AUPRC", "contrast": "lesion contrast",
+    "hd99_mm": "99-HD (mm)", "msd_mm": "MSD (mm)",
 }
 REQUIRED_COLUMNS = ("subject", "method", "protocol", "missed", "image_score", "pred_fp", "voxel_mm", *PRIMARY, *EXTRA)
 
@@ -146,7 +147,7 @@ def protocol_description(protocol: str, cfg: EvaluationConfig) -> str:
 
 def markdown_report(
     summary: pd.DataFrame, bins: pd.DataFrame, protocol: str, cfg: EvaluationConfig, missing: list[str],
-    voxel_mm: float,
+    voxel_mm: float, title: str = "Table 1", image_set: str = "test",
 ) -> str:
     """The Markdown twin of one protocol's table, with the paper's values, units and notes."""
     conn = {1: 6, 2: 18, 3: 26}
@@ -154,11 +155,11 @@ def markdown_report(
            "ground truth (authors' code, not in the paper)") if cfg.drop_rim_components else \
         "rim-touching components kept (drop_rim_components off, as in the paper)"
     lines = [
-        f"# Table 1 — protocol {protocol}", "",
+        f"# {title} — protocol {protocol}", "",
         protocol_description(protocol, cfg), "",
         f"Units: 99-HD and MSD in **voxels** of the working grid ({voxel_mm:g} mm here; the paper's voxels are "
         "2 mm), directed from ground truth to prediction (MONAI, reference first); mean ± standard error over "
-        "test subjects. `missed` = subjects with an empty prediction: their distances are undefined and left "
+        f"{image_set} subjects. `missed` = subjects with an empty prediction: their distances are undefined and left "
         "out of the distance means (never counted as 0).",
         f"Post-processing: components < {cfg.min_component_voxels} voxels removed "
         f"({conn[cfg.component_connectivity_postprocess]}-connectivity), {rim}, dilation with a radius-"
@@ -191,8 +192,9 @@ def markdown_report(
         extra_header += ["threshold", "FP components / lesion-free image"]
     lines += ["## Beyond the paper", "",
               "Dice at the protocol's threshold; best Dice over every threshold of the raw heatmap; voxel AUROC/"
-              f"AUPRC over in-brain voxels; image AUROC of the {cfg.image_score_percentile:g}th percentile of the "
-              "in-brain heatmap, lesioned test images vs their lesion-free originals.", "",
+              "AUPRC over in-brain voxels; lesion contrast = (mean heatmap in lesions - mean in the rest of the "
+              f"brain) / SD in the rest of the brain; image AUROC of the {cfg.image_score_percentile:g}th percentile "
+              "of the in-brain heatmap, lesioned test images vs their lesion-free originals.", "",
               _md_table(extra_header, extra_rows), ""]
     if len(bins) and present:
         bin_rows = []
@@ -220,13 +222,21 @@ def write_tables(
     outputs: Mapping[str, PathLike],
     cfg: EvaluationConfig,
     logger: logging.Logger | None = None,
+    title: str = "Table 1",
+    expected_methods: Sequence[str] | None = None,
+    protocols: Sequence[str] | None = None,
+    image_set: str = "test",
 ) -> dict[str, pd.DataFrame]:
     """Write ``{protocol}_csv`` / ``{protocol}_md`` for every protocol and ``size_bins_csv`` from the inputs.
 
-    Methods without metrics are listed as missing in each Markdown table rather than failing the run.
+    Methods of ``expected_methods`` (default: the Table-1 rows) without metrics are listed as missing in each
+    Markdown table rather than failing the run. ``protocols`` defaults to the oracle and every FPR level; the
+    validation table passes just the oracle (deployable thresholds are fixed on test-split healthy images).
     """
     logger = logger or logging.getLogger("spatial_msma")
-    needed = [f"{p}_{kind}" for p in cfg.protocols for kind in ("csv", "md")] + ["size_bins_csv"]
+    protocols = list(protocols) if protocols is not None else cfg.protocols
+    expected = list(expected_methods) if expected_methods is not None else list(METHOD_NAMES)
+    needed = [f"{p}_{kind}" for p in protocols for kind in ("csv", "md")] + ["size_bins_csv"]
     absent = [k for k in needed if k not in outputs]
     if absent:
         raise InputError(f"table outputs: missing named output(s) {absent}")
@@ -238,12 +248,12 @@ def write_tables(
     bins = size_bin_table(per_subject)
     voxel_mm = float(per_subject["voxel_mm"].mean()) if len(per_subject) else float("nan")
     summaries = {}
-    for protocol in cfg.protocols:
+    for protocol in protocols:
         summary = summarise(per_subject, thresholds, protocol)
-        missing = [m for m in METHOD_NAMES if m not in set(summary["method"] if len(summary) else ())]
+        missing = [m for m in expected if m not in set(summary["method"] if len(summary) else ())]
         write_table(summary, outputs[f"{protocol}_csv"])
-        write_text(markdown_report(summary, bins[bins["protocol"] == protocol], protocol, cfg, missing, voxel_mm),
-                   outputs[f"{protocol}_md"])
+        write_text(markdown_report(summary, bins[bins["protocol"] == protocol], protocol, cfg, missing, voxel_mm,
+                                   title, image_set), outputs[f"{protocol}_md"])
         summaries[protocol] = summary
         logger.info("table %s: %d methods, missing %s -> %s", protocol, len(summary), missing,
                     Path(outputs[f"{protocol}_csv"]))

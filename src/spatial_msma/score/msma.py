@@ -182,10 +182,10 @@ def run_msma_image(
 
     pos, neg = by_name["test_lesioned"], by_name["test"]
     labels = np.r_[np.ones(len(pos.subjects)), np.zeros(len(neg.subjects))]
-    rows = [{"feature": "gmm_nll", "sigma": np.nan, "auroc": _auroc(labels, np.r_[nll[pos.name], nll[neg.name]])}]
+    rows = [{"feature": "gmm_nll", "sigma": np.nan, "auroc": safe_auroc(labels, np.r_[nll[pos.name], nll[neg.name]])}]
     for i, sigma in enumerate(sigmas):
         score = np.log(np.maximum(np.r_[pos.image_norms[:, i], neg.image_norms[:, i]], NORM_FLOOR))
-        rows.append({"feature": f"image_norm_level_{i}", "sigma": float(sigma), "auroc": _auroc(labels, score)})
+        rows.append({"feature": f"image_norm_level_{i}", "sigma": float(sigma), "auroc": safe_auroc(labels, score)})
     table = pd.DataFrame(rows)
     table.insert(1, "n_lesioned", len(pos.subjects))
     table.insert(2, "n_lesion_free", len(neg.subjects))
@@ -203,7 +203,7 @@ def run_msma_image(
     return table
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+def safe_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC, NaN when only one class is present (instead of sklearn's exception)."""
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
@@ -232,7 +232,7 @@ def plot_score_norms(
             bins = np.linspace(*np.percentile(np.r_[h, les], [0.1, 99.9]), 60)
             ax.hist(h, bins=bins, density=True, alpha=0.55, color="tab:blue", label=f"healthy ({len(h)})")
             ax.hist(les, bins=bins, density=True, alpha=0.55, color="tab:red", label=f"lesion ({len(les)})")
-            auc = _auroc(np.r_[np.ones(len(les)), np.zeros(len(h))], np.r_[les, h])
+            auc = safe_auroc(np.r_[np.ones(len(les)), np.zeros(len(h))], np.r_[les, h])
             ax.set_title(f"sigma {sigmas[i]:.3g}: voxel AUROC {auc:.2f}", fontsize=9)
         else:
             ax.hist(h, bins=60, density=True, alpha=0.55, color="tab:blue", label=f"healthy ({len(h)})")
