@@ -18,7 +18,7 @@ rule synthetic_cohort:
         mem_mb=6000,
         runtime=30,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/synthetic_cohort.py"
 
@@ -48,6 +48,6 @@ checkpoint filter_cohort:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/filter_cohort.py"

@@ -6,6 +6,13 @@ import pandas as pd
 PACKAGE = Path(workflow.basedir) / "src" / "spatial_msma"
 SYNTHETIC_BIDS = "resources/synthetic/bids"
 
+# Conda environments, used with `--sdm conda` (README, Scale-out; paths relative to rules/): the rules that
+# need no torch, and the torch rules in the CPU or the CUDA build (config `conda_torch`).
+ENV_IMAGING = "../envs/imaging.yaml"
+ENV_TORCH = f"../envs/torch-{config['conda_torch']}.yaml"
+# The envs hold the dependencies, not this package: a job's script finds it on the import path that
+# Snakemake hands down from its own install (`make install` / `pip install -e .`).
+
 
 def package_code(*modules):
     """Package modules declared as inputs of the job that runs them; editing one reruns it and what follows."""

@@ -36,7 +36,7 @@ rule evaluation_thresholds:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/evaluation_thresholds.py"
 
@@ -64,7 +64,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -92,7 +92,7 @@ rule table1:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/table1.py"
 
@@ -121,7 +121,7 @@ rule evaluation_figures:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/evaluation_figures.py"
 
@@ -149,7 +149,7 @@ rule evaluate_validation:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -178,7 +178,7 @@ rule validation_table:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/table1.py"
 
@@ -209,6 +209,6 @@ rule ablation_table:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/table1.py"

@@ -34,7 +34,7 @@ rule train_flow:
         runtime=240,
         gpu=gpu_count("flow"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/train_flow.py"
 
@@ -63,6 +63,6 @@ rule heatmap_flow:
         runtime=60,
         gpu=gpu_count("flow"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/heatmap_flow.py"

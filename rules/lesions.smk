@@ -22,7 +22,7 @@ rule simulate_lesions:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/simulate_lesions.py"
 
@@ -46,6 +46,6 @@ rule lesion_summary:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/lesion_summary.py"

@@ -19,7 +19,7 @@ rule preprocess:
         mem_mb=3000,
         runtime=20,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/preprocess.py"
 
@@ -41,7 +41,7 @@ rule crop_box:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/crop_box.py"
 
@@ -64,7 +64,7 @@ rule crop:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/crop.py"
 
@@ -85,7 +85,7 @@ rule crop_manifest:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/crop_manifest.py"
 
@@ -109,7 +109,7 @@ rule cohort_figure:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/cohort_figure.py"
 

@@ -27,7 +27,7 @@ rule train_score_model:
         runtime=600,
         gpu=gpu_count("score"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/train_score_model.py"
 
@@ -53,7 +53,7 @@ rule score_norms:
         runtime=120,
         gpu=gpu_count("score_norms"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/score_norms.py"
 
@@ -82,7 +82,7 @@ rule msma_image:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/msma_image.py"
 
@@ -113,6 +113,6 @@ rule score_level_diagnostics:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/score_level_diagnostics.py"

@@ -18,7 +18,7 @@ rule zscore_model:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/zscore_model.py"
 
@@ -39,6 +39,6 @@ rule heatmap_zscore:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_IMAGING
     script:
         "../workflow/scripts/heatmap_zscore.py"
