@@ -1,0 +1,227 @@
+"""Reverse-time sampling of the VE-SDE with the trained score model: the engine of the Inpaint and
+Restoration baselines.
+
+The sampler is Song et al.'s (2021) predictor-corrector scheme for the variance-exploding SDE:
+
+* a descending noise grid ``sigma_0 > sigma_1 > ... > sigma_{N-1} = sigma_min > sigma_N = 0``, geometric in
+  sigma (i.e. uniform in t, since sigma(t) is geometric), from sigma(t_start) down to sigma_min, then 0;
+* at each level, ``corrector_steps`` Langevin corrector steps at sigma_i with the step size set by a
+  signal-to-noise ratio ``snr`` (``eps = 2 (snr ||z|| / ||s||)^2`` per sample), then one reverse-diffusion
+  predictor step to sigma_{i+1}: ``x <- x + (sigma_i^2 - sigma_{i+1}^2) s(x, sigma_i) + sqrt(sigma_i^2 -
+  sigma_{i+1}^2) z`` (for the VE-SDE the reverse-diffusion and Euler-Maruyama predictors coincide up to how
+  the step is discretised; this is the former, Song et al.'s default, which takes the sigma grid exactly);
+* the last predictor step goes to sigma 0 and adds no noise: it returns the posterior mean given the
+  last noisy state (Song et al.'s ``denoise=True``), so outputs carry no sampler noise.
+
+One network evaluation per predictor step and per corrector step: ``steps * (1 + corrector_steps)`` in all.
+
+Known-region replacement (inpainting, RePaint-style, Lugmayr et al. 2022): after every update that leaves
+``x`` at noise level sigma, the known voxels are overwritten by the original data perturbed to that level,
+``data + sigma z``. At the end (sigma 0) the known voxels therefore equal the data exactly, and the unknown
+ones are sampled conditioned on what the network infers from their noisy, but consistent, surroundings.
+
+Randomness: every batch element (one run of a baseline) has its own explicit ``torch.Generator``; noise is
+drawn on the CPU from it and moved to the model's device. A run's result therefore depends on its seed and
+not on which other runs share its batch (batch size is a speed choice, never a result change), and the
+same seeds give the same bytes on the same machine and thread count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spatial_msma import io
+from spatial_msma.io import InputError
+from spatial_msma.progress import Progress
+from spatial_msma.score.sde import VESDE
+
+#: s(x, sigma) for a (B, ...) batch and (B,) noise levels: the trained ScoreNet, or an analytic score in tests.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_sampler_keys(section: str, cfg: object, min_runs: int = 1) -> None:
+    """Range checks shared by the sampler-based config classes; errors name ``section.key``."""
+    for key, low in (("runs", min_runs), ("steps", 1), ("corrector_steps", 0), ("batch_size", 1)):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InputError(f"config {section}.{key}: expected an integer >= {low}, got {value!r}")
+    for key in ("snr", "t_start"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"config {section}.{key}: expected a number, got {value!r}")
+    if not cfg.snr > 0:  # type: ignore[attr-defined]
+        raise InputError(f"config {section}.snr: must be > 0, got {cfg.snr}")  # type: ignore[attr-defined]
+    if not 0.0 < cfg.t_start <= 1.0:  # type: ignore[attr-defined]
+        raise InputError(f"config {section}.t_start: must be in (0, 1], got {cfg.t_start}")  # type: ignore[attr-defined]
+    if not isinstance(cfg.device, str):  # type: ignore[attr-defined]
+        raise InputError(f"config {section}.device: expected a string, got {cfg.device!r}")  # type: ignore[attr-defined]
+
+
+def config_from_dict(cls, section: str, cfg: Mapping[str, object] | None):
+    """``cls(**cfg)`` with unknown keys named (the shared part of the sampler config classes' ``from_dict``)."""
+    cfg = dict(cfg or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise InputError(f"config {section}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return cls(**cfg)
+
+
+def sigma_grid(sde: VESDE, steps: int, t_start: float) -> torch.Tensor:
+    """The ``steps + 1`` descending noise levels of a sampler run (float64): ``steps`` geometric levels from
+    sigma(t_start) to sigma_min, then 0 (the final, noise-free predictor step)."""
+    if steps < 1:
+        raise InputError(f"sampler: steps must be >= 1, got {steps}")
+    if not 0.0 < t_start <= 1.0:
+        raise InputError(f"sampler: t_start must be in (0, 1], got {t_start}")
+    start = float(sde.sigma(torch.tensor(t_start, dtype=torch.float64)))
+    if start <= sde.sigma_min:
+        raise InputError(f"sampler: sigma(t_start={t_start}) = {start:.4g} is not above sigma_min {sde.sigma_min:.4g}")
+    levels = torch.logspace(math.log10(start), math.log10(sde.sigma_min), steps, dtype=torch.float64)
+    if steps == 1:
+        levels = torch.tensor([start], dtype=torch.float64)
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
+
+
+def run_seed(seed: int, subject: str, run: int, tag: str) -> int:
+    """A stable 63-bit seed for one run of one method on one subject, independent of set order and of the
+    other runs (blake2b, not Python's salted ``hash``). A lesioned image and its lesion-free original share
+    the subject name, so they are sampled with the same noise: their heatmaps differ by the lesion, not by
+    the draw."""
+    digest = hashlib.blake2b(f"{tag}:{seed}:{subject}:{run}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def generators_for(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(len(generators), *shape) standard normal noise, one generator per batch element, on ``device``."""
+    z = torch.stack([torch.randn(tuple(shape), generator=g, dtype=dtype) for g in generators])
+    return z.to(device)
+
+
+def _batch_norm(x: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm, shaped to broadcast against ``x``."""
+    return x.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@torch.no_grad()
+def pc_sample(
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    corrector_steps: int = 0,
+    snr: float = 0.16,
+    known: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Run the reverse VE-SDE from ``x`` (already at noise level ``sigmas[0]``) down the grid ``sigmas``
+    (descending, last entry 0, e.g. from :func:`sigma_grid`); return the final, noise-free state.
+
+    ``known`` (broadcastable to ``x``) with a bool ``known_mask`` (broadcastable to ``x``) switches on the
+    known-region replacement; ``on_step(k)`` is called after each predictor step (k = 1..N) for progress.
+    """
+    if len(generators) != x.shape[0]:
+        raise InputError(f"sampler: {len(generators)} generators for a batch of {x.shape[0]}")
+    if (known is None) != (known_mask is None):
+        raise InputError("sampler: known and known_mask go together")
+    if sigmas.ndim != 1 or len(sigmas) < 2 or float(sigmas[-1]) != 0.0 or bool((sigmas[1:] >= sigmas[:-1]).any()):
+        raise InputError("sampler: sigmas must be strictly descending and end at 0")
+    if corrector_steps < 0 or not snr > 0:
+        raise InputError(f"sampler: need corrector_steps >= 0 and snr > 0, got {corrector_steps}, {snr}")
+    device, dtype = x.device, x.dtype
+    if known is not None:
+        known = known.to(device=device, dtype=dtype)
+        known_mask = known_mask.to(device=device, dtype=torch.bool)
+    batch = x.shape[0]
+    sample_shape = x.shape[1:]
+
+    def noise() -> torch.Tensor:
+        return draw_noise(generators, sample_shape, device, dtype)
+
+    def replace(state: torch.Tensor, sigma: float) -> torch.Tensor:
+        if known is None:
+            return state
+        target = known if sigma == 0.0 else known + sigma * noise()
+        return torch.where(known_mask, target, state)
+
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
+        level = torch.full((batch,), sigma, device=device, dtype=dtype)
+        for _ in range(corrector_steps):
+            grad = score_fn(x, level)
+            z = noise()
+            grad_norm = _batch_norm(grad)
+            step = 2.0 * (snr * _batch_norm(z) / grad_norm.clamp_min(1e-30)) ** 2
+            step = torch.where(grad_norm > 0, step, torch.zeros_like(step))  # a zero score: leave x alone
+            x = x + step * grad + torch.sqrt(2.0 * step) * z
+            x = replace(x, sigma)
+        variance = sigma**2 - sigma_next**2
+        x = x + variance * score_fn(x, level)
+        if sigma_next > 0.0:
+            x = x + math.sqrt(variance) * noise()
+        x = replace(x, sigma_next)
+        if on_step is not None:
+            on_step(i + 1)
+    return x
+
+
+def model_score_fn(net: torch.nn.Module) -> ScoreFn:
+    """The trained ScoreNet as a score function (its output is already the score: divided by sigma)."""
+
+    def score(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return net(x, sigma)
+
+    return score
+
+
+def write_heatmaps_for_set(
+    images: Sequence[str | Path],
+    masks: Sequence[str | Path],
+    out_dir: str | Path,
+    heatmap_fn: Callable[[np.ndarray, np.ndarray, str, Callable[[int], None]], np.ndarray],
+    steps_per_image: int,
+    label: str,
+    logger: logging.Logger | None = None,
+) -> None:
+    """Heatmaps of a set of images as ``out_dir/{subject}.nii.gz`` (each with its image's affine).
+
+    ``heatmap_fn(image, brain, subject, on_step)`` computes one brain-masked heatmap and calls
+    ``on_step(k)`` after its k-th sampler step (of ``steps_per_image``); progress lines (volumes done,
+    steps/s, ETA) go to ``logger``.
+    """
+    logger = logger or logging.getLogger("spatial_msma")
+    images, masks = [str(p) for p in images], [str(p) for p in masks]
+    if len(images) != len(masks):
+        raise InputError(f"{label}: {len(images)} images but {len(masks)} brain masks")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(len(images) * steps_per_image, label, logger)
+    for done, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
+        image, affine = io.read_channels(image_path)
+        brain, _ = io.read_mask(mask_path)
+        if brain.shape != image.shape[1:]:
+            raise InputError(f"brain mask {mask_path}: shape {brain.shape} differs from image {image.shape[1:]}")
+        subject = Path(mask_path).name.removesuffix("_brainmask.nii.gz")
+        base = done * steps_per_image
+
+        def on_step(k: int, base: int = base, done: int = done) -> None:
+            progress.update(base + k, volumes=done)
+
+        heatmap = heatmap_fn(image, brain, subject, on_step)
+        io.write_nifti(heatmap, affine, out / f"{subject}.nii.gz")
+        progress.update((done + 1) * steps_per_image, volumes=done + 1)
+    logger.info("%s: heatmaps for %d images in %s", label, len(images), out)
