@@ -32,6 +32,7 @@ include: "rules/lesions.smk"
 include: "rules/zscore.smk"
 include: "rules/score.smk"
 include: "rules/flow.smk"
+include: "rules/diffusion_baselines.smk"
 include: "rules/evaluate.smk"
 
 

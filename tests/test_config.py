@@ -9,6 +9,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from spatial_msma.baselines.inpaint import InpaintConfig
+from spatial_msma.baselines.restoration import RestorationConfig
 from spatial_msma.flow.config import FlowConfig
 from spatial_msma.score.msma import MsmaImageConfig
 from spatial_msma.score.norms import NormsConfig
@@ -58,6 +60,7 @@ def _dataclass_defaults(cls):
 
 @pytest.mark.parametrize("section, cls", [
     ("score", ScoreConfig), ("score_norms", NormsConfig), ("msma_image", MsmaImageConfig), ("flow", FlowConfig),
+    ("inpaint", InpaintConfig), ("restoration", RestorationConfig),
 ])
 def test_schema_defaults_match_the_package(section, cls):
     """The package's config classes validate their sections too; both must describe the same keys and defaults."""

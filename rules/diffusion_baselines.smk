@@ -1,0 +1,58 @@
+# Inpaint and Restoration: two Table-1 baselines that sample with the SAME score model as Spatial-MSMA
+# (VE-SDE predictor-corrector sampler, spatial_msma.baselines.sampling) and score the sampler's error.
+
+
+rule heatmap_inpaint:
+    # Checkerboard cubes hidden and in-painted (RePaint-style replacement of the visible ones), alternating
+    # pattern and complement over runs; heatmap = mean L1 error (summed over channels) of the hidden voxels.
+    input:
+        model="results/models/score/model.pt",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+        code=package_code("baselines/inpaint.py", "baselines/sampling.py"),
+    output:
+        directory("results/heatmaps/inpaint/{set}"),
+    params:
+        cfg=config["inpaint"],
+        seed=config["seed"],
+    log:
+        "results/logs/heatmap_inpaint/{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_inpaint/{set}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=gpu_count("inpaint"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/heatmap_inpaint.py"
+
+
+rule heatmap_restoration:
+    # Perturbed to sigma(t_start), sampled back down to sigma_min; heatmap = mean over runs of |x - restored|
+    # summed over channels.
+    input:
+        model="results/models/score/model.pt",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+        code=package_code("baselines/restoration.py", "baselines/sampling.py"),
+    output:
+        directory("results/heatmaps/restoration/{set}"),
+    params:
+        cfg=config["restoration"],
+        seed=config["seed"],
+    log:
+        "results/logs/heatmap_restoration/{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_restoration/{set}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=gpu_count("restoration"),
+    conda:
+        "../envs/spatial-msma.yaml"
+    script:
+        "../workflow/scripts/heatmap_restoration.py"
