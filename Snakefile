@@ -33,6 +33,8 @@ include: "rules/zscore.smk"
 include: "rules/score.smk"
 include: "rules/flow.smk"
 include: "rules/diffusion_baselines.smk"
+include: "rules/autoencoder.smk"
+include: "rules/gradcam.smk"
 include: "rules/evaluate.smk"
 
 

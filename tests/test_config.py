@@ -9,6 +9,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from spatial_msma.baselines.ae import AeConfig
+from spatial_msma.baselines.gradcam import GradcamConfig
 from spatial_msma.baselines.inpaint import InpaintConfig
 from spatial_msma.baselines.restoration import RestorationConfig
 from spatial_msma.flow.config import FlowConfig
@@ -60,7 +62,7 @@ def _dataclass_defaults(cls):
 
 @pytest.mark.parametrize("section, cls", [
     ("score", ScoreConfig), ("score_norms", NormsConfig), ("msma_image", MsmaImageConfig), ("flow", FlowConfig),
-    ("inpaint", InpaintConfig), ("restoration", RestorationConfig),
+    ("inpaint", InpaintConfig), ("restoration", RestorationConfig), ("ae", AeConfig), ("gradcam_msma", GradcamConfig),
 ])
 def test_schema_defaults_match_the_package(section, cls):
     """The package's config classes validate their sections too; both must describe the same keys and defaults."""

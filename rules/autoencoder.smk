@@ -1,0 +1,55 @@
+# The AE baseline (after Luo et al. 2023): a residual 3D autoencoder trained with MSE on healthy train images,
+# then per-voxel reconstruction-error heatmaps of every image set.
+
+
+rule train_ae:
+    input:
+        train=lambda wc: set_images("train"),
+        val=lambda wc: set_images("val"),
+        code=package_code("baselines/ae.py", "training.py"),
+    output:
+        model="results/models/ae/model.pt",
+        log="results/models/ae/training_log.csv",
+        figure=report("results/figures/ae_training.png", caption="../report/ae_training.rst", category="Training"),
+    params:
+        cfg=config["ae"],
+        seed=config["seed"],
+        checkpoint_dir="results/checkpoints/ae",
+    log:
+        "results/logs/train_ae.log",
+    benchmark:
+        "results/benchmarks/train_ae.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=gpu_count("ae"),
+    conda:
+        ENV_TORCH
+    script:
+        "../workflow/scripts/train_ae.py"
+
+
+rule heatmap_ae:
+    input:
+        model="results/models/ae/model.pt",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+        code=package_code("baselines/ae.py"),
+    output:
+        directory("results/heatmaps/ae/{set}"),
+    params:
+        cfg=config["ae"],
+    log:
+        "results/logs/heatmap_ae/{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_ae/{set}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=gpu_count("ae"),
+    conda:
+        ENV_TORCH
+    script:
+        "../workflow/scripts/heatmap_ae.py"

@@ -1,0 +1,51 @@
+# The GradCAM-MSMA baseline: a GMM on whole-image score norms of the train images (image-level MSMA), its
+# negative log-likelihood explained per voxel by Guided Grad-CAM through the score network.
+
+
+rule gradcam_msma_gmm:
+    input:
+        train="results/score_norms/train/manifest.tsv",
+        code=package_code("baselines/gradcam.py", "score/msma.py"),
+    output:
+        "results/models/gradcam_msma/gmm.npz",
+    params:
+        cfg=config["gradcam_msma"],
+        seed=config["seed"],
+    log:
+        "results/logs/gradcam_msma_gmm.log",
+    benchmark:
+        "results/benchmarks/gradcam_msma_gmm.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV_TORCH
+    script:
+        "../workflow/scripts/gradcam_msma_gmm.py"
+
+
+rule heatmap_gradcam_msma:
+    input:
+        score_model="results/models/score/model.pt",
+        gmm="results/models/gradcam_msma/gmm.npz",
+        images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
+        code=package_code("baselines/gradcam.py", "score/network.py"),
+    output:
+        directory("results/heatmaps/gradcam_msma/{set}"),
+    params:
+        cfg=config["gradcam_msma"],
+    log:
+        "results/logs/heatmap_gradcam_msma/{set}.log",
+    benchmark:
+        "results/benchmarks/heatmap_gradcam_msma/{set}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=gpu_count("gradcam_msma"),
+    conda:
+        ENV_TORCH
+    script:
+        "../workflow/scripts/heatmap_gradcam_msma.py"

@@ -1,0 +1,28 @@
+"""Snakemake entry point: train (or resume training) the AE baseline's autoencoder.
+
+input: train (list of cropped 2-channel train images), val (list of cropped val images; the first
+``ae.val_images`` give the val loss); output: model (results/models/ae/model.pt), log (CSV training log),
+figure (results/figures/ae_training.png); params: cfg (the ``ae`` config section), seed (int),
+checkpoint_dir (results/checkpoints/ae: NOT an output, so a killed job resumes from it);
+threads: torch CPU threads.
+"""
+
+import torch
+
+from spatial_msma.baselines.ae import train_ae
+from spatial_msma.progress import script_logger
+
+sm = snakemake  # noqa: F821
+logger = script_logger(sm.log[0])
+torch.set_num_threads(sm.threads)
+train_ae(
+    sm.input.train,
+    sm.input.val,
+    sm.output.model,
+    sm.output.log,
+    sm.output.figure,
+    checkpoint_dir=sm.params.checkpoint_dir,
+    cfg=sm.params.cfg,
+    seed=sm.params.seed,
+    logger=logger,
+)
