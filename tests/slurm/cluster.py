@@ -14,6 +14,9 @@ Each setting below was learned from a hang or a failure (see /work/shared/spec/m
   finished jobs visible to squeue long enough (with a small MinJobAge the plugin falls back to sacct and
   hangs). jobcomp/filetxt writes one line per finished job to DIR/jobcomp.txt: the proof that jobs ran.
 - One fake GPU (gres gpu:1, File=/dev/null) so a rule's `gpu: 1` (sbatch --gpus=1) is scheduled for real.
+- The node declares at least NODE_MEM_MB of memory (SlurmdParameters=config_overrides) so the profile's
+  paper-sized memory requests (up to 64 GB) are accepted; the test's jobs use well under 2 GB each. Its CPU
+  count is the machine's own.
 """
 
 import json
@@ -31,6 +34,7 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "munged", "munge", "unmunge"]
 ETC_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "msma"
+NODE_MEM_MB = 131072
 
 
 def missing_binaries():
@@ -70,7 +74,9 @@ def _node_line():
     """`slurmd -C`'s own description of this machine (CPUs, sockets, cores, memory)."""
     out = subprocess.run([_sbin("slurmd"), "-C"], capture_output=True, text=True, check=True).stdout
     line = next(entry for entry in out.splitlines() if entry.startswith("NodeName="))
-    return line.split()[0].split("=", 1)[1], line
+    fields = dict(item.split("=", 1) for item in line.split())
+    fields["RealMemory"] = str(max(int(fields["RealMemory"]), NODE_MEM_MB))
+    return fields["NodeName"], " ".join(f"{k}={v}" for k, v in fields.items())
 
 
 def _wait(predicate, timeout, what, logs=()):
@@ -90,6 +96,8 @@ def _start(cmd, log):
 
 
 def _alive(pid):
+    if not pid or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -127,6 +135,7 @@ JobCompLoc={root}/jobcomp.txt
 MinJobAge=300
 MailProg=/bin/true
 ReturnToService=2
+SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=1
 DefMemPerCPU=1000
 GresTypes=gpu
@@ -207,6 +216,21 @@ def down(root):
     if not path.exists():
         return
     state = json.loads(path.read_text())
+    env = {**os.environ, "SLURM_CONF": state["conf"]}
+    controller = state["pids"].get("slurmctld")
+    if controller and _alive(controller):  # end jobs still queued or running (and their slurmstepd) first
+
+        def queued():
+            return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env,
+                                  timeout=30).stdout.split()
+
+        jobs = queued()
+        if jobs:
+            subprocess.run(["scancel", *jobs], capture_output=True, env=env, timeout=30)
+            try:
+                _wait(lambda: not queued(), 30, "cancelled jobs to end")
+            except RuntimeError as error:
+                print(error, file=sys.stderr)
     for name in ("slurmd", "slurmctld", "munged"):
         pid = state["pids"].get(name)
         if pid is None or not _alive(pid):
