@@ -178,7 +178,8 @@ def test_guided_gradcam_heatmap_is_masked_nonzero_deterministic_and_follows_the_
         gradcam_heatmap(detector, image[:, :8], brain)
 
 
-def test_an_unknown_layer_is_named_with_the_late_layers_on_offer(setup):
+def test_auto_layer_is_the_last_decoder_block_and_an_unknown_layer_is_named(setup):
+    assert build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "auto").layer_name == "unet.up_blocks.1"
     with pytest.raises(InputError, match=r"no module 'unet\.up_blocks\.9'.*unet\.up_blocks\.1"):
         build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.9")
 

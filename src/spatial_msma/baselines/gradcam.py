@@ -9,12 +9,14 @@ whole image, the log, and the GMM log-density from the fitted sklearn parameters
 equal to ``GaussianMixture.score_samples``) -- and explained by Guided Grad-CAM (captum ``LayerGradCam``
 times ``GuidedBackprop``):
 
-- Grad-CAM at a late score-network layer (``layer``, default ``unet.up_blocks.2``: the last decoder block,
-  full resolution, before the output head). The network sees the image once per level (the levels are
-  one batch), so the layer's activation is L copies of C feature maps; they are treated as one layer of
-  L x C channels: captum's per-copy channel-weighted sums (``relu_attributions=False``) are added over
-  the levels and only then rectified -- the Grad-CAM of that concatenated layer. Upsampled (trilinear)
-  to the image grid (an identity at the default full-resolution layer).
+- Grad-CAM at a late score-network layer (``layer``, default ``auto``: the last decoder block --
+  ``unet.up_blocks.2`` for the 3-level default network -- at full resolution, right before the output
+  head; the deepest layer that still has channels to weight and the image's resolution). The network
+  sees the image once per level (the levels are one batch), so the layer's activation is L copies of C
+  feature maps; they are treated as one layer of L x C channels: captum's per-copy channel-weighted sums
+  (``relu_attributions=False``) are added over the levels and only then rectified -- the Grad-CAM of
+  that concatenated layer. Upsampled (trilinear) to the image grid (an identity at the default layer).
+  Grad-CAM keeps only what RAISES the NLL: a typical image can get an all-zero map.
 - Guided backpropagation of the NLL to the input. captum's ``GuidedBackprop`` only overrides ``nn.ReLU``
   modules, and MONAI's ``DiffusionModelUNet`` has none: every nonlinearity is an ``nn.SiLU`` module
   (none functional). Plain captum would therefore return the ordinary gradient. :class:`GuidedSiluBackprop`
@@ -66,21 +68,31 @@ class GradcamConfig:
     """The ``gradcam_msma`` config section.
 
     ``n_levels`` .. ``reg_covar`` define the image-level GMM as in ``msma_image`` (null ``n_levels`` = every
-    cached level). ``layer`` names a module of the score network (``ScoreNet``'s ``named_modules``).
+    cached level). ``layer`` names a module of the score network (``ScoreNet``'s ``named_modules``), or
+    ``auto`` for its last decoder block.
 
     Cost: per image, one forward pass of the score network on a batch of ``n_levels`` copies with the
-    backward cut at ``layer`` (Grad-CAM), then one forward and full backward (guided gradients). Measured
-    at the default 4 mm (40 x 48 x 40, network (16, 32, 32), 2 threads on a shared 2-core CPU): see the
-    numbers in the class's ``TIMING`` note below; 10 levels keep the image-level GMM of the paper at
-    roughly 2-4 s per image, about a minute for the ~20 images of val, test, val_lesioned and
-    test_lesioned. Fewer levels cost proportionally less but change the density model being explained.
+    backward cut at ``layer`` (Grad-CAM), then one forward and one full backward (guided gradients), so
+    about 4 forward passes per level. Measured at the default 4 mm (40 x 48 x 40, network (16, 32, 32),
+    torch 2.13 CPU, 2 threads, load average 7-9 from other jobs on the 2 cores): 38-52 s per image with
+    10 levels, 16-18 s with 3; a forward pass took ~1 s and its backward ~2 s per level there. On a quiet
+    2-core machine (measurements.md: a training step, forward + backward at batch 2, 1.2 s at 48 x 56 x 40)
+    that is roughly 0.6 s per level and image: 10 levels would take about 2 minutes for the ~20 images of
+    val, test, val_lesioned and test_lesioned, 3 levels (the lowest, a middle and the highest cached
+    level) about 35 s, inside the under-a-minute budget of the default config. The trade-off: fewer
+    levels explain a coarser density model (the GMM on 3 log image norms instead of the authors' 10);
+    ``n_levels: 10`` (or null for every cached level) restores it wherever minutes per image are
+    affordable (a GPU, the paper config).
+
+    On the prototype's data the lesion signal sat in the lowest levels and image-level MSMA was near
+    chance (measurements.md): expect a weak row; that is the paper's point about this baseline.
     """
 
     n_levels: int | None = 3
     n_components: int = 1
     covariance_type: str = "full"
     reg_covar: float = 1e-6
-    layer: str = "unet.up_blocks.2"
+    layer: str = "auto"
     guided_silu: bool = True
     device: str = "auto"
 
@@ -289,10 +301,17 @@ def late_layers(net: ScoreNet) -> list[str]:
     return [name for name in names if name.count(".") <= 2 and name.startswith(("unet.up", "unet.out"))]
 
 
+def last_decoder_block(net: ScoreNet) -> str:
+    """``unet.up_blocks.<last>``: the full-resolution decoder block before the output head."""
+    return f"unet.up_blocks.{len(net.unet.up_blocks) - 1}"
+
+
 def build_detector(net: ScoreNet, gmm: TorchGmm, sigmas: np.ndarray, layer: str,
                    guided_silu: bool = True) -> GradcamDetector:
     """Wrap a score network and a GMM into a detector; ``layer`` must name a module of ``net``."""
     modules = dict(net.named_modules())
+    if layer == "auto":
+        layer = last_decoder_block(net)
     if layer not in modules:
         raise InputError(f"config gradcam_msma.layer: the score network has no module {layer!r}; late layers: "
                          f"{late_layers(net)}")
@@ -361,7 +380,7 @@ def write_gradcam_heatmaps(
     device = resolve_device(cfg.device)
     detector = load_gradcam_detector(score_model, gmm_path, cfg, device)
     logger.info("GradCAM-MSMA heatmaps of %d images: layer %s, %d levels, guided SiLU %s, device %s",
-                len(images), cfg.layer, len(detector.nll.sigmas), cfg.guided_silu, device)
+                len(images), detector.layer_name, len(detector.nll.sigmas), cfg.guided_silu, device)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     progress = Progress(len(images), "GradCAM-MSMA heatmaps", logger)
     for k, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
