@@ -25,7 +25,7 @@ rule heatmap_inpaint:
         runtime=120,
         gpu=gpu_count("inpaint"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/heatmap_inpaint.py"
 
@@ -53,6 +53,6 @@ rule heatmap_restoration:
         runtime=120,
         gpu=gpu_count("restoration"),
     conda:
-        "../envs/spatial-msma.yaml"
+        ENV_TORCH
     script:
         "../workflow/scripts/heatmap_restoration.py"
