@@ -2,7 +2,8 @@
 
 tests/slurm/cluster.py installs the packages if they are missing (root + apt-get), starts the daemons under a
 temp dir (one fake GPU as gres), and stops them by pid afterwards. The workflow's tiny test config, cut to
-12 synthetic subjects, then runs through `snakemake --profile profiles/slurm` up to the trained score model:
+12 synthetic subjects (5 usable), then runs through `snakemake --profile profiles/slurm` up to the trained
+score model (the whole DAG is ~60 SLURM jobs, ~11 min on 2 busy cores: too long for the suite):
 synthetic cohort, CBCL filter (a checkpoint), per-subject preprocessing and cropping (CPU rules) and
 train_score_model (a `gpu: 1` rule), every job a real sbatch submission. The local node's partition and
 core count reach the profile through its environment variables (MSMA_SLURM_*), so the profile file runs
