@@ -99,6 +99,16 @@ def test_checkerboard_and_complement_cover_every_voxel_once(shape, cube):
         assert masks[0][cube - 1, 0, 0] == masks[0][0, 0, 0]
 
 
+def test_blocks_per_axis_sets_one_cube_edge_per_axis():
+    cfg = InpaintConfig(blocks_per_axis=3)
+    assert cfg.cube_edges((40, 48, 41)) == (14, 16, 14)
+    assert InpaintConfig(cube_size=5).cube_edges((40, 48, 41)) == (5, 5, 5)
+    masks = checkerboard_masks((40, 48, 41), cfg.cube_edges((40, 48, 41)))
+    assert (masks.sum(axis=0) == 1).all()
+    # 3 x 3 x 3 blocks: 14 of the 27 in the first pattern, 13 in the second
+    assert masks[0][::14, ::16, ::14].sum() == 14 and masks[1][::14, ::16, ::14].sum() == 13
+
+
 class PointMass(nn.Module):
     """The exact score of a point mass at ``center`` (a model that knows the healthy image): every sampler
     path ends exactly there, which turns both baselines into known-answer problems."""
@@ -214,6 +224,7 @@ def test_writers_make_one_brain_masked_nifti_per_subject(tmp_path):
     (InpaintConfig, "inpaint", {"t_start": 0.0}, "inpaint.t_start"),
     (InpaintConfig, "inpaint", {"snr": -1.0}, "inpaint.snr"),
     (InpaintConfig, "inpaint", {"steps": 2.5}, "inpaint.steps"),
+    (InpaintConfig, "inpaint", {"blocks_per_axis": 1}, "inpaint.blocks_per_axis"),
     (RestorationConfig, "restoration", {"t_start": 1.5}, "restoration.t_start"),
     (RestorationConfig, "restoration", {"corrector_steps": -1}, "restoration.corrector_steps"),
     (RestorationConfig, "restoration", {"batch_size": 0}, "restoration.batch_size"),

@@ -1,13 +1,15 @@
 """The Inpaint baseline (after Liu et al. 2023, "Lift, Map, Detect"): hide part of the image, let the score
 model in-paint it, and score each voxel by how far the in-painting lands from what was there.
 
-A 3D checkerboard of cubes (``cube_size`` voxels per edge) splits the grid into two complementary
-patterns. Run ``r`` hides pattern ``r % 2`` (so runs alternate between the checkerboard and its
-complement and every voxel is hidden in half of them), in-paints it with the SAME score model as Spatial-
-MSMA by the predictor-corrector sampler of :mod:`spatial_msma.baselines.sampling` with RePaint-style
-replacement of the visible cubes, and records the L1 error summed over channels, ``sum_c |x_c - x̂_c|``, on
-the hidden voxels. The heatmap is, per voxel, the mean of that error over the runs that hid it, zero
-outside the brain mask. Healthy anatomy is predictable from its surroundings; a lesion is not.
+A 3D checkerboard of cubes (``cube_size`` voxels per edge, or ``blocks_per_axis`` blocks along each axis
+as in Liu et al.'s code, whose ``checkerboard_alt`` masks have ``num_blocks`` blocks per side and invert
+on every other run) splits the grid into two complementary patterns. Run ``r`` hides pattern ``r % 2``
+(so runs alternate between the checkerboard and its complement and every voxel is hidden in half of
+them), in-paints it with the SAME score model as Spatial-MSMA by the predictor-corrector sampler of
+:mod:`spatial_msma.baselines.sampling` with RePaint-style replacement of the visible cubes, and records the
+L1 error summed over channels, ``sum_c |x_c - x̂_c|``, on the hidden voxels. The heatmap is, per voxel, the
+mean of that error over the runs that hid it, zero outside the brain mask. Healthy anatomy is predictable
+from its surroundings; a lesion is not.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class InpaintConfig:
     snr: float = 0.16
     t_start: float = 0.6
     cube_size: int = 4
+    blocks_per_axis: int | None = None
     batch_size: int = 2
     device: str = "auto"
 
@@ -74,7 +77,16 @@ class InpaintConfig:
         check_sampler_keys("inpaint", out, min_runs=2)
         if isinstance(out.cube_size, bool) or not isinstance(out.cube_size, int) or out.cube_size < 1:
             raise InputError(f"config inpaint.cube_size: expected an integer >= 1, got {out.cube_size!r}")
+        blocks = out.blocks_per_axis
+        if blocks is not None and (isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 2):
+            raise InputError(f"config inpaint.blocks_per_axis: expected null or an integer >= 2, got {blocks!r}")
         return out
+
+    def cube_edges(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Cube edge per axis: ``cube_size``, or ceil(n / blocks_per_axis) when that is set."""
+        if self.blocks_per_axis is None:
+            return (self.cube_size,) * len(shape)
+        return tuple(-(-int(n) // self.blocks_per_axis) for n in shape)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -83,12 +95,14 @@ class InpaintConfig:
         return self.runs * self.steps * (1 + self.corrector_steps)
 
 
-def checkerboard_masks(shape: Sequence[int], cube_size: int) -> np.ndarray:
-    """(2, X, Y, Z) bool: a 3D checkerboard of ``cube_size``-voxel cubes and its complement (partial cubes
-    at the far edges when a size does not divide); together they cover every voxel exactly once."""
-    if cube_size < 1:
-        raise InputError(f"checkerboard: cube_size must be >= 1, got {cube_size}")
-    index = np.indices(tuple(shape)) // cube_size
+def checkerboard_masks(shape: Sequence[int], cube_size: int | Sequence[int]) -> np.ndarray:
+    """(2, X, Y, Z) bool: a 3D checkerboard of cubes (``cube_size`` voxels per edge, one number or one per
+    axis) and its complement (partial cubes at the far edges when a size does not divide); together they
+    cover every voxel exactly once."""
+    edges = np.broadcast_to(np.asarray(cube_size, dtype=np.int64), (len(shape),))
+    if (edges < 1).any():
+        raise InputError(f"checkerboard: cube sizes must be >= 1, got {cube_size}")
+    index = np.indices(tuple(shape)) // edges.reshape(-1, *([1] * len(shape)))
     pattern = index.sum(axis=0) % 2 == 0  # the cube at the origin is in the first pattern
     return np.stack([pattern, ~pattern])
 
@@ -106,7 +120,7 @@ def inpaint_heatmap(
     over channels) of the voxels each run hid; zero outside ``brain``. ``on_step(k)`` counts sampler steps
     over all runs (``runs * steps`` per image)."""
     device = next(model.net.parameters()).device
-    patterns = torch.from_numpy(checkerboard_masks(image.shape[1:], cfg.cube_size))
+    patterns = torch.from_numpy(checkerboard_masks(image.shape[1:], cfg.cube_edges(image.shape[1:])))
     data = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     sigmas = sigma_grid(model.sde, cfg.steps, cfg.t_start)
     score_fn = model_score_fn(model.net)
@@ -153,9 +167,10 @@ def write_inpaint_heatmaps(
     set_deterministic(device)
     model = load_score_model(model_path, device)
     logger.info("inpaint: %d runs x %d steps (+%d corrector steps each, snr %g) from t %g (sigma %.4g), "
-                "cubes of %d voxels, batches of %d runs, device %s: %d network evaluations per volume",
+                "cubes of %s voxels, batches of %d runs, device %s: %d network evaluations per volume",
                 cfg.runs, cfg.steps, cfg.corrector_steps, cfg.snr, cfg.t_start,
-                float(model.sde.sigma(torch.tensor(cfg.t_start))), cfg.cube_size, cfg.batch_size, device,
+                float(model.sde.sigma(torch.tensor(cfg.t_start))),
+                "x".join(map(str, cfg.cube_edges(model.net.image_shape))), cfg.batch_size, device,
                 cfg.evaluations_per_volume())
 
     def one(image: np.ndarray, brain: np.ndarray, subject: str, on_step: Callable[[int], None]) -> np.ndarray:

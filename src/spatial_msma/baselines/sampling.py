@@ -219,7 +219,8 @@ def write_heatmaps_for_set(
         base = done * steps_per_image
 
         def on_step(k: int, base: int = base, done: int = done) -> None:
-            progress.update(base + k, volumes=done)
+            if k < steps_per_image:  # the volume's last step is reported below, with the volume counted
+                progress.update(base + k, volumes=done)
 
         heatmap = heatmap_fn(image, brain, subject, on_step)
         io.write_nifti(heatmap, affine, out / f"{subject}.nii.gz")
