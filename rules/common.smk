@@ -89,10 +89,11 @@ def heatmap_files(method, image_set):
     return [f"results/heatmaps/{method}/{image_set}/{s}.nii.gz" for s in set_subjects(image_set)]
 
 
-def lesion_seed(subject):
+def lesion_seed(subject, val_split):
     """Test lesions use the run's seed; the lesioned validation set another (seed + 1), so a choice made on
-    validation lesions has never seen a test lesion's placement draw."""
-    return config["seed"] + (1 if subject in split_members("val") else 0)
+    validation lesions has never seen a test lesion's placement draw. Reads the split file handed in as an
+    input (a params function must not ask the checkpoint itself: Snakemake rejects that while it reruns)."""
+    return config["seed"] + (1 if subject in Path(val_split).read_text().split() else 0)
 
 
 def gpu_count(section):

@@ -5,6 +5,7 @@ rule simulate_lesions:
     input:
         image="results/cropped/{subject}.nii.gz",
         brainmask="results/cropped/{subject}_brainmask.nii.gz",
+        val_split="results/cohort/val.txt",
         code=package_code("lesions.py"),
     output:
         image="results/lesions/{subject}_image.nii.gz",
@@ -12,7 +13,7 @@ rule simulate_lesions:
         table="results/lesions/{subject}_lesions.tsv",
     params:
         cfg=config["lesions"],
-        seed=lambda wc: lesion_seed(wc.subject),
+        seed=lambda wc, input: lesion_seed(wc.subject, input.val_split),
     log:
         "results/logs/simulate_lesions/{subject}.log",
     benchmark:
