@@ -75,11 +75,11 @@ class GradcamConfig:
     backward cut at ``layer`` (Grad-CAM), then one forward and one full backward (guided gradients), so
     about 4 forward passes per level. Measured at the default 4 mm (40 x 48 x 40, network (16, 32, 32),
     torch 2.13 CPU, 2 threads, load average 7-9 from other jobs on the 2 cores): 38-52 s per image with
-    10 levels, 16-18 s with 3; a forward pass took ~1 s and its backward ~2 s per level there. On a quiet
-    2-core machine (measurements.md: a training step, forward + backward at batch 2, 1.2 s at 48 x 56 x 40)
-    that is roughly 0.6 s per level and image: 10 levels would take about 2 minutes for the ~20 images of
-    val, test, val_lesioned and test_lesioned, 3 levels (the lowest, a middle and the highest cached
-    level) about 35 s, inside the under-a-minute budget of the default config. The trade-off: fewer
+    10 levels, 16-18 s with 3 (8.4-9.6 s with 3 at load average 6); a forward pass took ~1 s and its
+    backward ~2 s per level there. On a quiet 2-core machine (measurements.md: a training step, forward +
+    backward at batch 2, 1.2 s at 48 x 56 x 40) that extrapolates to 0.6-1 s per level and image: 10
+    levels would take 2-3 minutes for the ~20 images of val, test, val_lesioned and test_lesioned, 3 levels
+    (the lowest, a middle and the highest cached level) 35-60 s, the under-a-minute budget of the default. The trade-off: fewer
     levels explain a coarser density model (the GMM on 3 log image norms instead of the authors' 10);
     ``n_levels: 10`` (or null for every cached level) restores it wherever minutes per image are
     affordable (a GPU, the paper config).
