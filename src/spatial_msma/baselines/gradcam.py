@@ -79,8 +79,9 @@ class GradcamConfig:
     backward ~2 s per level there. On a quiet 2-core machine (measurements.md: a training step, forward +
     backward at batch 2, 1.2 s at 48 x 56 x 40) that extrapolates to 0.6-1 s per level and image: 10
     levels would take 2-3 minutes for the ~20 images of val, test, val_lesioned and test_lesioned, 3 levels
-    (the lowest, a middle and the highest cached level) 35-60 s, the under-a-minute budget of the default. The trade-off: fewer
-    levels explain a coarser density model (the GMM on 3 log image norms instead of the authors' 10);
+    (the lowest, a middle and the highest cached level) 35-60 s, the under-a-minute budget of the default.
+    The trade-off: fewer levels explain a coarser density model (the GMM on 3 log image norms instead of
+    the authors' 10);
     ``n_levels: 10`` (or null for every cached level) restores it wherever minutes per image are
     affordable (a GPU, the paper config).
 
