@@ -15,12 +15,16 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from spatial_msma.io import InputError, atomic_path
+if TYPE_CHECKING:
+    import pandas as pd
+
+from spatial_msma.io import InputError, atomic_path, save_figure
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.pt$")
 
@@ -264,3 +268,29 @@ def resume_or_start(
         return None
     logger.info("resuming from %s (step %d)", path, int(state["step"]))  # type: ignore[arg-type]
     return state
+
+
+def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, title: str,
+                     val_label: str = "val (EMA weights)") -> None:
+    """A training log's loss curves on a log scale: the per-step train loss, its running mean (a twentieth of
+    the run), and the validation loss where it was measured. Shared by the score network and the AE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(frame["step"], frame["train_loss"], color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
+    window = max(1, len(frame) // 20)
+    ax.plot(frame["step"], frame["train_loss"].rolling(window, min_periods=1).mean(), color="tab:blue",
+            lw=1.8, label=f"train (running mean of {window})")
+    val = frame.dropna(subset=["val_loss"])
+    if len(val):
+        ax.plot(val["step"], val["val_loss"], "o-", color="tab:orange", lw=1.8, ms=4, label=val_label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    save_figure(fig, path)

@@ -53,6 +53,7 @@ from spatial_msma.training import (
     CsvLog,
     as_path_list,
     make_ema,
+    plot_loss_curves,
     resolve_device,
     restore_training_state,
     resume_or_start,
@@ -370,27 +371,9 @@ def train_ae(
 
 def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfig) -> None:
     """Train MSE (raw and running mean) and the val MSE of the EMA weights, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(frame["step"], frame["train_loss"], color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
-    window = max(1, len(frame) // 20)
-    ax.plot(frame["step"], frame["train_loss"].rolling(window, min_periods=1).mean(), color="tab:blue",
-            lw=1.8, label=f"train (running mean of {window})")
-    val = frame.dropna(subset=["val_loss"])
-    if len(val):
-        ax.plot(val["step"], val["val_loss"], "o-", color="tab:orange", lw=1.8, ms=4, label="val (EMA weights)")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("reconstruction MSE (mean over voxels)")
-    ax.set_title(f"Autoencoder training: channels {list(cfg.channels)}, latent {cfg.latent_channels}, "
-                 f"batch {cfg.batch_size}, lr {cfg.lr:g}", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    io.save_figure(fig, path)
+    plot_loss_curves(frame, path, "reconstruction MSE (mean over voxels)",
+                     f"Autoencoder training: channels {list(cfg.channels)}, latent {cfg.latent_channels}, "
+                     f"batch {cfg.batch_size}, lr {cfg.lr:g}")
 
 
 def write_ae_heatmaps(
