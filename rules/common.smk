@@ -97,8 +97,9 @@ def lesion_seed(subject, val_split):
 
 
 def gpu_count(section):
-    """GPUs a stage asks the scheduler for: none when its config section pins the CPU, else one."""
-    return 0 if config[section].get("device", "auto") == "cpu" else 1
+    """GPUs a stage asks the scheduler for: one when the run uses GPUs (config use_gpu) and the stage's section
+    does not pin the CPU, else none (an unprovided resource breaks the --cores limit of the ILP scheduler)."""
+    return int(config["use_gpu"] and config[section].get("device", "auto") != "cpu")
 
 
 def norm_files(image_set):
