@@ -6,6 +6,7 @@ ask Snakemake what it would rerun. Nothing is mocked.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,18 @@ def test_editing_the_crop_code_reruns_only_crop_and_what_follows(run_dir):
             rules.add(parts[0])
     assert {"crop_box", "crop", "zscore_model", "table1"} <= rules, rules
     assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess"}, rules
+
+
+def test_gpu_resource_is_requested_only_on_gpu_runs(run_dir):
+    """A resource the rules request but the command line does not provide makes Snakemake's ILP scheduler
+    ignore --cores (measured: a 2-thread and a 1-thread job together on --cores 2), so CPU runs ask for none."""
+    def gpus(*extra):
+        out = _snakemake(run_dir, "results/models/score/model.pt", "--dry-run", "--forcerun", "train_score_model",
+                         *extra).stdout
+        return set(re.findall(r"\bgpu=(\d+)", out))
+
+    assert gpus() == {"0"}
+    assert gpus("--config", "use_gpu=True") == {"1"}
 
 
 def test_lint_is_clean():
