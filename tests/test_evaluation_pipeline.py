@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage
-from snakemake.io import Namedlist
+from snakemake.iocontainers import Namedlist
 
 from spatial_msma.evaluation import EvaluationConfig, evaluate_method, fit_method_thresholds, make_figures, write_tables
 from spatial_msma.io import InputError, write_channels, write_nifti
