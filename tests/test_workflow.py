@@ -119,7 +119,8 @@ def test_gpu_resource_is_requested_only_on_gpu_runs(run_dir):
     """A resource the rules request but the command line does not provide makes Snakemake's ILP scheduler
     ignore --cores (measured: a 2-thread and a 1-thread job together on --cores 2), so CPU runs ask for none."""
     def gpus(*extra):
-        out = _snakemake(run_dir, "results/models/score/model.pt", "--dry-run", "--forcerun", "train_score_model",
+        # the target follows a flag: --configfile (first in _snakemake) takes every value up to the next option
+        out = _snakemake(run_dir, "--dry-run", "results/models/score/model.pt", "--forcerun", "train_score_model",
                          *extra).stdout
         return set(re.findall(r"\bgpu=(\d+)", out))
 
