@@ -294,3 +294,19 @@ def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, 
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     save_figure(fig, path)
+
+
+def read_model_file(path: str | os.PathLike, model_format: str, what: str) -> dict:
+    """The dict of a model file written with ``save_torch_atomic``, checked to be a ``model_format`` file.
+
+    A missing, unreadable or foreign file is an :class:`InputError` naming ``what`` and the path.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise InputError(f"{what} {path}: file does not exist") from err
+    except Exception as err:  # noqa: BLE001 - any unpickling failure: say which file
+        raise InputError(f"{what} {path}: unreadable ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict) or data.get("format") != model_format:
+        raise InputError(f"{what} {path}: not a {model_format} file")
+    return data

@@ -54,6 +54,7 @@ from spatial_msma.training import (
     as_path_list,
     make_ema,
     plot_loss_curves,
+    read_model_file,
     resolve_device,
     restore_training_state,
     resume_or_start,
@@ -231,14 +232,7 @@ class AeModel:
 
 def load_ae_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> AeModel:
     """Rebuild the network a model file describes and load its weights (no config needed)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise InputError(f"AE model {path}: file does not exist") from err
-    except Exception as err:  # noqa: BLE001 - any unpickling failure: say which file
-        raise InputError(f"AE model {path}: unreadable ({type(err).__name__}: {err})") from err
-    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
-        raise InputError(f"AE model {path}: not a {MODEL_FORMAT} file")
+    data = read_model_file(path, MODEL_FORMAT, "AE model")
     cfg = AeConfig.from_dict(data["network"], where=f"{path}: network")
     net = AeNet(int(data["in_channels"]), tuple(data["image_shape"]), cfg)
     net.load_state_dict(data["state_dict"])

@@ -20,6 +20,7 @@ from torch import nn
 
 from spatial_msma.io import InputError
 from spatial_msma.score.sde import VESDE
+from spatial_msma.training import read_model_file
 
 #: Tag of a score model file written by :func:`spatial_msma.score.train.train_score_model`.
 MODEL_FORMAT = "spatial_msma.score_model.v1"
@@ -154,14 +155,7 @@ class ScoreModel:
 
 def load_score_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> ScoreModel:
     """Rebuild the network described by a model file and load its weights (no config needed)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise InputError(f"score model {path}: file does not exist") from err
-    except Exception as err:  # noqa: BLE001 - any unpickling failure: say which file
-        raise InputError(f"score model {path}: unreadable ({type(err).__name__}: {err})") from err
-    if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
-        raise InputError(f"score model {path}: not a {MODEL_FORMAT} file")
+    data = read_model_file(path, MODEL_FORMAT, "score model")
     net_cfg = NetworkConfig.from_dict(data["network"], where=f"{path}: network")
     net = ScoreNet(int(data["in_channels"]), tuple(data["image_shape"]), net_cfg)
     net.load_state_dict(data["state_dict"])
