@@ -26,7 +26,7 @@ def _load(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "benchmark.yaml", "paper.yaml"])
 def test_shipped_configs_validate(name):
     validate(_load(name), SCHEMA)
 

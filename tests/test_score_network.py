@@ -65,7 +65,7 @@ def test_output_depends_on_sigma_through_the_embedding():
 
 
 def test_mid_attention_switch_and_flash_choice():
-    without = ScoreNet(2, (16, 16, 16), NetworkConfig.from_dict(TINY))
+    without = ScoreNet(2, (16, 16, 16), NetworkConfig.from_dict({**TINY, "mid_attention": False}))
     assert isinstance(without.unet.middle_block.attention, nn.Identity)
     with_attn = ScoreNet(2, (16, 16, 16), NetworkConfig.from_dict({**TINY, "mid_attention": True}))
     assert not isinstance(with_attn.unet.middle_block.attention, nn.Identity)

@@ -54,7 +54,7 @@ class ScoreConfig:
     log_sigma_mean: float = -1.2
     log_sigma_std: float = 1.2
     t_uniform_fraction: float = 0.2
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 2
     lr: float = 1e-3
     warmup: int = 20
