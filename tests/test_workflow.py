@@ -62,6 +62,18 @@ def test_diagnostics_validation_and_ablation_tables(run_dir):
                                         "spatial_msma_gmm", "voxel_gaussian"}
 
 
+def test_benchmark_summary_reads_the_run_and_ranks_spatial_msma(run_dir):
+    """benchmarks/summarize.py (what benchmarks/README.md is made of) on the run's own CSVs."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summarize.py"), str(run_dir / "results")],
+                            capture_output=True, text=True, check=True)
+    for heading in ("oracle protocol", "10 % FPR protocol", "TPR per lesion size", "Ablations", "Validation table"):
+        assert heading in result.stdout, heading
+    table = pd.read_csv(run_dir / "results" / "table1.csv").set_index("method")
+    expected = int((table["tpr_mean"] > table.loc["spatial_msma", "tpr_mean"]).sum()) + 1
+    rank_row = next(line for line in result.stdout.splitlines() if line.startswith("| Spatial-MSMA rank"))
+    assert rank_row.split("|")[4].strip() == f"{expected}/{len(table)}"  # the TPR column (higher is better)
+
+
 def test_cohort_excludes_exactly_what_was_planted(run_dir):
     truth = json.loads((run_dir / "resources/synthetic/bids/truth.json").read_text())
     participants = pd.read_csv(run_dir / "results/cohort/participants.tsv", sep="\t").set_index("participant_id")
