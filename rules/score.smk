@@ -88,9 +88,11 @@ rule msma_image:
 
 
 rule score_level_diagnostics:
-    # Which noise levels carry lesion signal: per-level voxel and image AUROC of the raw score norms, on the
-    # lesioned validation set (for choices) and the test set (reported only).
+    # Which noise levels carry lesion signal: per-level voxel AUROC of the raw and of the per-voxel
+    # standardised score norms (against the training images) and image AUROC, on the lesioned validation set
+    # (for choices) and the test set (reported only).
     input:
+        train="results/score_norms/train/manifest.tsv",
         val_lesioned="results/score_norms/val_lesioned/manifest.tsv",
         val="results/score_norms/val/manifest.tsv",
         val_masks=lambda wc: set_lesion_masks("val_lesioned"),

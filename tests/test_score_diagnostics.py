@@ -3,10 +3,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-from test_score_msma import SIGMAS, _write_set
+from test_score_msma import AFFINE, SHAPE, SIGMAS, _write_set
 
+from spatial_msma import io
 from spatial_msma.io import InputError
-from spatial_msma.score.diagnostics import level_aurocs, write_level_diagnostics
+from spatial_msma.score.diagnostics import level_aurocs, voxel_reference, write_level_diagnostics
+from spatial_msma.score.norms import write_norm_cache
 
 
 def test_signal_is_found_at_the_shifted_levels_only(tmp_path):
@@ -26,10 +28,12 @@ def test_table_and_figure_written_per_split(tmp_path):
     rng = np.random.default_rng(2)
     clean, _ = _write_set(tmp_path, "test", 3, rng)
     lesioned, masks = _write_set(tmp_path, "test_lesioned", 3, rng, lesioned=True)
+    train, _ = _write_set(tmp_path, "train", 4, rng)
     write_level_diagnostics({"val": (lesioned[:2], clean[:2], masks[:2]), "test": (lesioned, clean, masks)},
-                            tmp_path / "levels.csv", tmp_path / "levels.png", seed=0)
+                            train, tmp_path / "levels.csv", tmp_path / "levels.png", seed=0)
     written = pd.read_csv(tmp_path / "levels.csv")
     assert written["split"].tolist() == ["val"] * len(SIGMAS) + ["test"] * len(SIGMAS)
+    assert (written["voxel_auroc_standardised"].iloc[:3] > 0.95).all()
     assert (tmp_path / "levels.png").stat().st_size > 10_000
 
 
@@ -39,3 +43,37 @@ def test_mismatched_levels_are_an_error(tmp_path):
     lesioned, masks = _write_set(tmp_path, "b", 2, rng, lesioned=True)
     with pytest.raises(InputError, match="sigma levels"):
         level_aurocs(lesioned, clean, masks, seed=0)
+
+
+def test_standardised_auroc_sees_a_lesion_the_raw_norm_hides_under_anatomy(tmp_path):
+    """Half the brain has 10x larger norms (like tissue edges); a lesion in the quiet half doubles its norms.
+    Raw norms rank the lesion below the loud half (AUROC < 0.5); per-voxel z against healthy images finds it."""
+    rng = np.random.default_rng(4)
+    brain = np.zeros(SHAPE, bool)
+    brain[2:10, 2:10, 2:10] = True
+    loud = np.zeros(SHAPE, bool)
+    loud[2:10, 2:10, 6:10] = True
+    lesion = np.zeros(SHAPE, bool)
+    lesion[3:6, 3:6, 2:5] = True
+
+    def write(name, n, with_lesion):
+        paths, masks = [], []
+        for i in range(n):
+            patch = rng.lognormal(0, 0.1, (len(SIGMAS), *SHAPE)).astype(np.float32) * np.where(loud, 10.0, 1.0)
+            if with_lesion:
+                patch[:, lesion] *= 2.0
+                masks.append(tmp_path / f"{name}-{i}_mask.nii.gz")
+                io.write_nifti(lesion, AFFINE, masks[-1])
+            paths.append(tmp_path / name / f"sub-{i:02d}.npz")
+            write_norm_cache(paths[-1], patch, np.ones(len(SIGMAS), np.float32), SIGMAS, brain, AFFINE)
+        return paths, masks
+
+    train, _ = write("train", 6, False)
+    clean, _ = write("clean", 3, False)
+    lesioned, masks = write("lesioned", 3, True)
+    mean, sd = voxel_reference(train)
+    assert mean.shape == (len(SIGMAS), *SHAPE)
+    assert mean[0, 5, 5, 8] == pytest.approx(np.log(10.0), abs=0.1) and mean[0, 5, 5, 3] == pytest.approx(0.0, abs=0.1)
+    table = level_aurocs(lesioned, clean, masks, seed=0, reference=(mean, sd))
+    assert (table["voxel_auroc"] < 0.5).all()
+    assert (table["voxel_auroc_standardised"] > 0.95).all()

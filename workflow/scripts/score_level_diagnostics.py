@@ -1,7 +1,7 @@
 """Snakemake entry point: per-level voxel and image AUROC of the cached score norms.
 
-input:  val_lesioned, val, test_lesioned, test (score-norm manifests), val_masks, test_masks (lesion masks
-        in the order of the lesioned manifests)
+input:  train, val_lesioned, val, test_lesioned, test (score-norm manifests; train = the healthy reference
+        of the standardised AUROC), val_masks, test_masks (lesion masks in the order of the lesioned manifests)
 output: table (results/diagnostics/score_levels.csv), figure (results/diagnostics/score_levels.png)
 params: seed (int; the healthy-voxel subsample)
 """
@@ -16,6 +16,7 @@ table = write_level_diagnostics(
         "val": ([sm.input.val_lesioned], [sm.input.val], sm.input.val_masks),
         "test": ([sm.input.test_lesioned], [sm.input.test], sm.input.test_masks),
     },
+    [sm.input.train],
     sm.output.table,
     sm.output.figure,
     seed=sm.params.seed,

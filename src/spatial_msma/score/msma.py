@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -116,12 +116,14 @@ def read_image_norms(name: str, paths: Sequence[str | os.PathLike]) -> NormSet:
 
 
 def lesion_vs_healthy_samples(
-    lesioned_paths: Sequence[str | os.PathLike], lesion_masks: Sequence[str | os.PathLike], seed: int
+    lesioned_paths: Sequence[str | os.PathLike], lesion_masks: Sequence[str | os.PathLike], seed: int,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patch norms (as float32, (n, L)) at all lesion voxels and at a seeded sample of healthy brain voxels.
 
     Healthy = brain mask minus the lesion mask dilated by one voxel: a 3x3x3 patch norm next to a lesion
-    already sees it. Read image by image, so paper-sized sets need not fit in memory.
+    already sees it. Read image by image, so paper-sized sets need not fit in memory. ``transform`` maps
+    each image's (L, X, Y, Z) norms before sampling (the same voxels are drawn either way).
     """
     lesioned_paths = expand_cache_paths(as_path_list(lesioned_paths))
     lesion_masks = as_path_list(lesion_masks)
@@ -137,7 +139,7 @@ def lesion_vs_healthy_samples(
                              f"{cache['mask'].shape}")
         brain = cache["mask"]
         near = ndimage.binary_dilation(gt, structure=np.ones((3, 3, 3), bool))
-        patch = cache["patch_norms"]
+        patch = cache["patch_norms"] if transform is None else transform(cache["patch_norms"])
         lesion.append(patch[:, gt & brain].T.astype(np.float32))
         idx = np.flatnonzero(brain & ~near)
         pick = rng.choice(idx, size=min(len(idx), HEALTHY_SAMPLE_PER_IMAGE), replace=False)
