@@ -25,11 +25,13 @@ from spatial_msma.score.sde import VESDE, dsm_loss
 from spatial_msma.training import make_ema, resolve_device
 
 PRESETS = {
-    # 4 mm (default crop of the built-in cohort), 2 channels; DiffusionModelUNet (16, 32, 32), no mid attention
+    # 4 mm (default crop of the built-in cohort), 2 channels; the package's default network
+    # (DiffusionModelUNet (16, 32, 32), 2 residual blocks, mid-attention)
     "default": {"shape": (40, 48, 40), "batch": 2, "levels": 10, "network": {}},
     # 2 mm, batch 4 per GPU (paper); about 40 M parameters, NCSN++-like width, no attention (authors' code)
     "paper": {"shape": (96, 112, 80), "batch": 4, "levels": 20,
-              "network": {"channels": [32, 64, 128, 256], "num_res_blocks": 2, "norm_num_groups": 16}},
+              "network": {"channels": [32, 64, 128, 256], "num_res_blocks": 2, "norm_num_groups": 16,
+                          "mid_attention": False}},
 }
 
 
