@@ -1,4 +1,4 @@
-"""Reading and writing volumes, tables and JSON: validated on the way in, atomic on the way out.
+"""Reading and writing volumes, tables, JSON and config sections: validated on the way in, atomic on the way out.
 
 Every reader raises :class:`InputError` with the offending path and the problem in plain words, so a
 user with a broken cohort sees *which* file is wrong; every writer goes through a temporary file in the
@@ -8,12 +8,13 @@ target directory and an ``os.replace`` so a killed job never leaves a half-writt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +23,17 @@ import numpy as np
 
 class InputError(ValueError):
     """A user-supplied file or setting is unusable; the message names it and says why."""
+
+
+def config_section(cls: type, cfg: Mapping[str, object] | None, where: str) -> dict[str, object]:
+    """A copy of the config mapping for dataclass ``cls``; a key that is not one of its fields is an
+    :class:`InputError` naming the key and the section ``where`` (e.g. ``score.network``)."""
+    out = dict(cfg or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise InputError(f"config {where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    return out
 
 
 @contextlib.contextmanager

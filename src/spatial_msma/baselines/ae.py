@@ -35,7 +35,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from monai.networks.nets import AutoEncoder
 from torch import nn
 
 from spatial_msma import io
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.train import load_volumes
 from spatial_msma.training import (
@@ -112,11 +112,7 @@ class AeConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config {where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, where)
         for key in ("channels", "strides"):
             if key in cfg:
                 value = cfg[key]

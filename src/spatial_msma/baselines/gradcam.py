@@ -34,7 +34,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from spatial_msma import io
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.msma import (
     COVARIANCE_TYPES,
@@ -99,11 +99,7 @@ class GradcamConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> GradcamConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config gradcam_msma: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, "gradcam_msma")
         out = cls(**cfg)  # type: ignore[arg-type]
         if out.covariance_type not in COVARIANCE_TYPES:
             raise InputError(f"config gradcam_msma.covariance_type: expected one of {COVARIANCE_TYPES}, "

@@ -24,7 +24,6 @@ import torch
 
 from spatial_msma.baselines.sampling import (
     check_sampler_keys,
-    config_from_dict,
     draw_noise,
     generators_for,
     model_score_fn,
@@ -33,7 +32,7 @@ from spatial_msma.baselines.sampling import (
     sigma_grid,
     write_heatmaps_for_set,
 )
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.training import resolve_device, set_deterministic
 
@@ -80,7 +79,7 @@ class InpaintConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> InpaintConfig:
-        out = config_from_dict(cls, "inpaint", cfg)
+        out = cls(**config_section(cls, cfg, "inpaint"))
         check_sampler_keys("inpaint", out, min_runs=2)
         if isinstance(out.cube_size, bool) or not isinstance(out.cube_size, int) or out.cube_size < 1:
             raise InputError(f"config inpaint.cube_size: expected an integer >= 1, got {out.cube_size!r}")

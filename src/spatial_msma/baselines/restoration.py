@@ -21,7 +21,6 @@ import torch
 
 from spatial_msma.baselines.sampling import (
     check_sampler_keys,
-    config_from_dict,
     draw_noise,
     generators_for,
     model_score_fn,
@@ -30,6 +29,7 @@ from spatial_msma.baselines.sampling import (
     sigma_grid,
     write_heatmaps_for_set,
 )
+from spatial_msma.io import config_section
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.training import resolve_device, set_deterministic
 
@@ -69,7 +69,7 @@ class RestorationConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> RestorationConfig:
-        out = config_from_dict(cls, "restoration", cfg)
+        out = cls(**config_section(cls, cfg, "restoration"))
         check_sampler_keys("restoration", out)
         return out
 

@@ -31,8 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +64,6 @@ def check_sampler_keys(section: str, cfg: object, min_runs: int = 1) -> None:
         raise InputError(f"config {section}.device: expected a string, got {cfg.device!r}")  # type: ignore[attr-defined]
 
 
-def config_from_dict(cls, section: str, cfg: Mapping[str, object] | None):
-    """``cls(**cfg)`` with unknown keys named (the shared part of the sampler config classes' ``from_dict``)."""
-    cfg = dict(cfg or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise InputError(f"config {section}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-    return cls(**cfg)
 
 
 def sigma_grid(sde: VESDE, steps: int, t_start: float) -> torch.Tensor:

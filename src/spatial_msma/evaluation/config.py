@@ -7,9 +7,9 @@ post-processing and the figures can never disagree about, say, the connectivity 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.names import protocol_name
 
 
@@ -67,11 +67,7 @@ class EvaluationConfig:
     @classmethod
     def from_dict(cls, section: Mapping | None) -> EvaluationConfig:
         """Build from the ``evaluation:`` config dict; missing keys take defaults, unknown keys are errors."""
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise InputError(f"config evaluation: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        section = config_section(cls, section, "evaluation")
         for key in ("oracle_percentiles", "fpr_levels"):
             if key in section:
                 section[key] = tuple(float(v) for v in section[key])

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,7 @@ class GlobalFeaturesConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> GlobalFeaturesConfig:
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InputError(f"flow.global_features: unknown key(s) {unknown}; known are {sorted(known)}")
-        return cls(**raw)
+        return cls(**config_section(cls, raw, "flow.global_features"))
 
 
 @dataclass(frozen=True)
@@ -180,12 +175,7 @@ class FlowConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> FlowConfig:
         """Build from the config section; an unknown key is an error that names it."""
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise InputError(f"flow: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**raw)
+        return cls(**config_section(cls, raw, "flow"))
 
 
 def _check_types(obj: object, where: str) -> None:

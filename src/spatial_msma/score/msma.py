@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from spatial_msma import io
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.score.norms import expand_cache_paths, read_norm_cache
 from spatial_msma.training import as_path_list
 
@@ -47,11 +47,7 @@ class MsmaImageConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> MsmaImageConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config msma_image: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, "msma_image")
         out = cls(**cfg)  # type: ignore[arg-type]
         if out.covariance_type not in COVARIANCE_TYPES:
             raise InputError(f"config msma_image.covariance_type: expected one of {COVARIANCE_TYPES}, "

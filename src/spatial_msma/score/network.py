@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.score.sde import VESDE
 from spatial_msma.training import read_model_file
 
@@ -47,11 +47,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "score.network") -> NetworkConfig:
         """Build from a config mapping; an unknown key is an error that names it."""
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config {where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, where)
         for key in ("channels", "attention_levels"):
             if key in cfg:
                 cfg[key] = tuple(cfg[key])  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from spatial_msma import io
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.training import as_path_list, resolve_device
@@ -50,11 +50,7 @@ class NormsConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> NormsConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config score_norms: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, "score_norms")
         out = cls(**cfg)  # type: ignore[arg-type]
         if out.channel_reduction not in CHANNEL_REDUCTIONS:
             raise InputError(f"config score_norms.channel_reduction: expected one of {CHANNEL_REDUCTIONS}, "

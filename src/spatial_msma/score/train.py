@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from spatial_msma import io
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreNet
 from spatial_msma.score.sde import LOSS_REDUCTIONS, T_SAMPLINGS, VESDE, auto_sigmas, dsm_loss
@@ -72,11 +72,7 @@ class ScoreConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> ScoreConfig:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise InputError(f"config score: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        cfg = config_section(cls, cfg, "score")
         cfg["network"] = NetworkConfig.from_dict(cfg.get("network"))  # type: ignore[arg-type]
         out = cls(**cfg)  # type: ignore[arg-type]
         for key in ("sigma_min", "sigma_max"):
