@@ -21,6 +21,7 @@ rule train_score_model:
         "results/logs/train_score_model.log",
     benchmark:
         "results/benchmarks/train_score_model.tsv"
+    priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
     threads: 2
     resources:
         mem_mb=8000,
@@ -47,6 +48,7 @@ rule score_norms:
         "results/logs/score_norms/{set}.log",
     benchmark:
         "results/benchmarks/score_norms/{set}.tsv"
+    priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
     threads: lambda wc: 2 if wc.set == "train" else 1  # small sets: ~1 CPU-s per wall-s even at 2 threads
     resources:
         mem_mb=8000,
