@@ -52,6 +52,8 @@ def test_registration_and_skull_stripping_on_a_synthetic_head(tmp_path):
         _save_scan(subject[name], subject["affine"], tmp_path / f"{name}.nii.gz")
     settings = PreprocessSettings(voxel_mm=4.0, registration_mm=4.0)
     image, mask, affine = preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", settings)
+    again = preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", settings)
+    assert np.array_equal(image, again[0]) and np.array_equal(mask, again[1])  # same subject, same bytes
     template_mask = _template_images(4.0)[1].numpy() > 0.5
     assert image.shape == (2, *template_mask.shape) and mask.shape == template_mask.shape
     dice = 2 * (mask & template_mask).sum() / (mask.sum() + template_mask.sum())

@@ -25,6 +25,9 @@ from .io import InputError, load_nifti
 from .template import load_template
 
 BRAIN_MASK_MODES = ("atlas", "skullstripped", "supplied")
+#: Seed of ANTs' random metric sampling (same subject, same bytes).
+REGISTRATION_SEED = 1
+
 # After an affine registration every brain is about template-sized (0.95-1.05 on the synthetic cohort); a
 # failed registration gave 0.35.
 MIN_VOLUME_RATIO, MAX_VOLUME_RATIO = 0.7, 1.4
@@ -101,6 +104,10 @@ def preprocess_subject(
     at ``settings.voxel_mm``.
     """
     logger = logger or logging.getLogger(__name__)
+    # ANTs samples metric points at random, seeded from the clock unless told otherwise: without a fixed seed
+    # two runs of the same subject differed (measured: different crops, hence different lesions and tables).
+    # This is antspyx's public switch; it also pins ITK to one thread and seeds numpy's global RNG.
+    ants.config.set_ants_deterministic(True, seed_value=REGISTRATION_SEED)
     t1 = _read(t1w, "T1w")
     t2 = _read(t2w, "T2w")
     reg_template, reg_template_mask = _template_images(settings.registration_mm)
