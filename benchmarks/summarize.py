@@ -95,12 +95,14 @@ def size_bins(path: Path) -> str:
 
 def level_summary(path: Path) -> str:
     frame = pd.read_csv(path)
-    lines = ["| split | levels | sigma | raw patch-norm voxel AUROC (min-max) | image AUROC (min-max) |",
-             "|---|---|---|---|---|"]
+    columns = [("voxel_auroc", "raw patch-norm voxel AUROC"),
+               ("voxel_auroc_standardised", "standardised voxel AUROC"), ("image_auroc", "image AUROC")]
+    columns = [(c, h) for c, h in columns if c in frame]
+    lines = ["| split | levels | sigma | " + " | ".join(f"{h} (min-max)" for _, h in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for split, part in frame.groupby("split", sort=False):
-        lines.append(f"| {split} | {len(part)} | {part['sigma'].min():.3g}-{part['sigma'].max():.3g} | "
-                     f"{part['voxel_auroc'].min():.2f}-{part['voxel_auroc'].max():.2f} | "
-                     f"{part['image_auroc'].min():.2f}-{part['image_auroc'].max():.2f} |")
+        ranges = " | ".join(f"{part[c].min():.2f}-{part[c].max():.2f}" for c, _ in columns)
+        lines.append(f"| {split} | {len(part)} | {part['sigma'].min():.3g}-{part['sigma'].max():.3g} | {ranges} |")
     return "\n".join(lines)
 
 
