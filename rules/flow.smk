@@ -27,8 +27,8 @@ rule train_flow:
         "results/logs/train_flow/{method}.log",
     benchmark:
         "results/benchmarks/train_flow/{method}.tsv"
-    # One thread: on 2 cores the flow's small matrices ran 18x slower per step with two.
     priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
+    # One thread: on 2 cores the flow's small matrices ran 18x slower per step with two.
     threads: 1
     resources:
         mem_mb=8000,
