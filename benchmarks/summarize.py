@@ -85,11 +85,13 @@ def size_bins(path: Path) -> str:
     frame = pd.read_csv(path)
     order = list(dict.fromkeys(frame["bin_mm3"]))
     counts = frame.drop_duplicates("bin_mm3").set_index("bin_mm3")["lesions"]
-    table = frame.pivot_table(index=["protocol", "name"], columns="bin_mm3", values="tpr", sort=False)[order]
+    # dropna=False keeps bins without lesions (TPR undefined) as columns of "—"
+    table = frame.pivot_table(index=["protocol", "name"], columns="bin_mm3", values="tpr", sort=False,
+                              dropna=False)[order]
     lines = ["| protocol | method | " + " | ".join(f"{b} mm³ ({counts[b]})" for b in order) + " |",
              "|---|---|" + "---|" * len(order)]
     for (protocol, name), row in table.iterrows():
-        lines.append(f"| {protocol} | {name} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        lines.append(f"| {protocol} | {name} | " + " | ".join("—" if pd.isna(v) else f"{v:.2f}" for v in row) + " |")
     return "\n".join(lines)
 
 
