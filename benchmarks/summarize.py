@@ -58,8 +58,9 @@ def ranks(frame: pd.DataFrame, focus: str = FOCUS, floor: str = FLOOR) -> str:
     if focus not in set(frame["method"]):
         return ""
     rank_cells, margin_cells = [], []
-    me = frame.set_index("method").loc[focus]
-    ref = frame.set_index("method").loc[floor] if floor in set(frame["method"]) else None
+    by_method = frame.set_index("method")
+    me = by_method.loc[focus]
+    ref = by_method.loc[floor] if floor in by_method.index else None
     for column, _, higher in METRICS:
         values = frame[column]
         if pd.isna(me[column]):

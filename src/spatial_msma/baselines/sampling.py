@@ -64,8 +64,6 @@ def check_sampler_keys(section: str, cfg: object, min_runs: int = 1) -> None:
         raise InputError(f"config {section}.device: expected a string, got {cfg.device!r}")  # type: ignore[attr-defined]
 
 
-
-
 def sigma_grid(sde: VESDE, steps: int, t_start: float) -> torch.Tensor:
     """The ``steps + 1`` descending noise levels of a sampler run (float64): ``steps`` geometric levels from
     sigma(t_start) to sigma_min, then 0 (the final, noise-free predictor step)."""
