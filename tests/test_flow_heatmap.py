@@ -95,6 +95,25 @@ def test_heatmap_equals_the_model_nll_at_each_voxel(trained):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["spatial_msma", "voxel_gaussian"])
+def test_heatmap_without_jacobian_drops_only_a_per_voxel_constant(trained, method, tmp_path):
+    """``heatmap_jacobian: false`` (the default) = the full NLL minus a constant of the voxel alone:
+    sum log s_p of the flow's ``input_norm: voxel``, 0.5 log|cov_p| of the voxel Gaussian."""
+    _, test, models = trained
+    model, _ = load_density_model(models[method])
+    maps = {}
+    for jacobian in (True, False):
+        out = tmp_path / str(jacobian) / "heat.nii.gz"
+        write_heatmaps(models[method], test.norm_paths[:1], test.image_paths[:1], [out],
+                       {**CFG, "heatmap_jacobian": jacobian})
+        maps[jacobian] = nib.load(out).get_fdata()
+    constant = np.log(model.voxel_std.numpy()).sum(-1) if method == "spatial_msma" else 0.5 * model.logdet
+    brain = test.brain_mask
+    assert np.ptp(constant[brain]) > 0.05  # varies over the brain: the two maps rank voxels differently
+    np.testing.assert_allclose((maps[True] - maps[False])[brain], constant[brain], rtol=1e-4, atol=1e-3)
+    assert (maps[False][~brain] == 0).all()
+
+
 def test_lattice_mode_is_exact_on_the_lattice_and_close_elsewhere(trained):
     """mode_stride 2: at voxels with even indices the interpolated flow-space mode is the exact one; in
     between it is the trilinear interpolation of a smooth function, close to the exact value."""
@@ -132,4 +151,4 @@ def test_heatmap_script_runs_under_a_snakemake_namespace(trained, tmp_path):
                          log=[str(tmp_path / "heatmap.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "heatmap_flow.py"), init_globals={"snakemake": sm})
     assert all(Path(p).exists() for p in outs)
-    assert "wrote 3 maps (VoxelGaussian, one_sided=True)" in (tmp_path / "heatmap.log").read_text()
+    assert "wrote 3 maps (VoxelGaussian, one_sided=True, jacobian=False)" in (tmp_path / "heatmap.log").read_text()

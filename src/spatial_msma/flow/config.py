@@ -82,6 +82,11 @@ class FlowConfig:
       ``one_sided``: score each voxel at max(features, conditional mode), level-wise, so only norms HIGHER
       than expected raise the score (the prototype's lesion signal was one-sided, see the package docs);
       the flow's conditional mode is evaluated every ``mode_stride`` voxels and interpolated (1: exact);
+      ``heatmap_jacobian``: keep the per-voxel constants of the density in the heatmap (the log-Jacobian
+      -sum log s_p of ``input_norm: voxel``, the voxel Gaussian's 0.5 log|cov_p|). Off (ours): the heatmap
+      is the NLL of the per-voxel standardised norms, because those constants depend on the voxel alone:
+      they paint the healthy cohort's variability map (high at tissue borders) onto every image, the same
+      for a lesion as for healthy tissue. Chosen on the lesioned validation split (README);
       ``chunk_voxels`` voxels per forward pass. ``device``: ``auto`` (CUDA if present), ``cpu``, ``cuda``.
     """
 
@@ -119,6 +124,7 @@ class FlowConfig:
     checkpoint_every: int = 100
     one_sided: bool = True
     mode_stride: int = 2
+    heatmap_jacobian: bool = False
     chunk_voxels: int = 32768
     gaussian_pool: int = 3
     gaussian_ridge: float = 1e-3

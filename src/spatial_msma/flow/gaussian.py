@@ -34,11 +34,12 @@ class VoxelGaussian:
     logdet: np.ndarray
     std: np.ndarray
 
-    def nll(self, x: np.ndarray, index: np.ndarray, one_sided: bool) -> np.ndarray:
+    def nll(self, x: np.ndarray, index: np.ndarray, one_sided: bool, logdet: bool = True) -> np.ndarray:
         """NLL (nats) of standardised features x (N, L) at voxels ``index`` (N, 3).
 
         ``one_sided``: the deviation below the mean is set to 0 level-wise (x scored at max(x, mean), the
-        same rule as the flow's), so only norms higher than expected raise the score.
+        same rule as the flow's), so only norms higher than expected raise the score. ``logdet=False``
+        leaves out the per-voxel 0.5 log|cov_p| (the counterpart of the flow's ``jacobian=False``).
         """
         i, j, k = index.T
         diff = x.astype(np.float64) - self.mean[i, j, k]
@@ -46,7 +47,8 @@ class VoxelGaussian:
             diff = np.maximum(diff, 0.0)
         maha = np.einsum("nl,nlm,nm->n", diff, self.precision[i, j, k], diff)
         dim = x.shape[1]
-        return (0.5 * (maha + self.logdet[i, j, k] + dim * math.log(2 * math.pi))).astype(np.float32)
+        constant = self.logdet[i, j, k] if logdet else 0.0
+        return (0.5 * (maha + constant + dim * math.log(2 * math.pi))).astype(np.float32)
 
 
 def fit_voxel_gaussian(subjects: Sequence[SubjectData], meta: ModelMeta, pool: int, ridge: float) -> VoxelGaussian:

@@ -2,7 +2,11 @@
 
 A heatmap has the grid and affine of the input (the cropped template space), holds the NLL in nats of
 the standardised log norms at every in-brain voxel (values may be negative: a density above 1) and 0
-outside the brain.
+outside the brain. By default (``heatmap_jacobian: false``) the per-voxel constants of the density are
+left out: the flow's log-Jacobian of ``input_norm: voxel`` (-sum log s_p) and the voxel Gaussian's
+0.5 log|cov_p|. They depend on the voxel alone, so they add the healthy cohort's variability map (high at
+tissue borders) to every image, lesion or not. Measured on the lesioned validation split of the default
+run (5 images, mean voxel AUROC, one-sided): flow 0.718 -> 0.835, voxel Gaussian 0.763 -> 0.780.
 
 One-sided scoring (``one_sided: true``, the default): each level is scored at max(f, typical f), where
 the typical value is the model's conditional mode (the flow's heaviest base mode pushed through the
@@ -80,14 +84,15 @@ def flow_space_mode_map(model: SpatialFlow, index: np.ndarray, g: torch.Tensor |
 
 @torch.no_grad()
 def subject_heatmap(model: DensityModel, subject: SubjectData, one_sided: bool, chunk: int,
-                    device: torch.device | None = None, mode_stride: int = 1) -> np.ndarray:
+                    device: torch.device | None = None, mode_stride: int = 1, jacobian: bool = True) -> np.ndarray:
     """(X, Y, Z) float32 NLL map of one subject (0 outside its brain mask); the flow runs on ``device``
-    (default CPU); ``mode_stride``: see :func:`flow_space_mode_map`."""
+    (default CPU); ``mode_stride``: see :func:`flow_space_mode_map`; ``jacobian``: keep the per-voxel
+    constants of the density (flow ``heatmap_jacobian``)."""
     meta = model.meta
     x = (subject.features - np.asarray(meta.feature_mean, np.float32)) / np.asarray(meta.feature_std, np.float32)
     out = np.zeros(subject.mask.shape, dtype=np.float32)
     if isinstance(model, VoxelGaussian):
-        nll = np.concatenate([model.nll(x[s:s + chunk], subject.index[s:s + chunk], one_sided)
+        nll = np.concatenate([model.nll(x[s:s + chunk], subject.index[s:s + chunk], one_sided, jacobian)
                               for s in range(0, len(x), chunk)])
     else:
         device = device or torch.device("cpu")
@@ -101,7 +106,7 @@ def subject_heatmap(model: DensityModel, subject: SubjectData, one_sided: bool, 
             context = model.context(index, g.expand(len(xb), -1) if g is not None else None)
             typical = None if mode is None else model.from_flow_space(torch.from_numpy(mode[s:s + chunk]).to(device),
                                                                        index)
-            parts.append(model.score(xb, index, context, typical).cpu().numpy())
+            parts.append(model.score(xb, index, context, typical, jacobian).cpu().numpy())
         nll = np.concatenate(parts)
     if not np.isfinite(nll).all():
         raise FloatingPointError(f"heatmap of {subject.name}: non-finite NLL at {int((~np.isfinite(nll)).sum())} "
@@ -135,8 +140,9 @@ def write_heatmaps(model_path: str | os.PathLike, norm_paths: Sequence[str | os.
         subject = load_subject(norm_path, image_path, np.asarray(model.meta.levels), train_cfg.log_transform,
                                train_cfg.log_eps)
         model.meta.check_compatible(subject.sigmas, subject.mask.shape, subject.affine, f"score norms {norm_path}")
-        heat = subject_heatmap(model, subject, one_sided, scoring.chunk_voxels, torch_device, scoring.mode_stride)
+        heat = subject_heatmap(model, subject, one_sided, scoring.chunk_voxels, torch_device, scoring.mode_stride,
+                               scoring.heatmap_jacobian)
         write_nifti(heat, subject.affine, out_path)
         progress.update(n + 1)
-    logger.info("heatmaps: wrote %d maps (%s, one_sided=%s) from %s", len(out_paths),
-                type(model).__name__, one_sided, model_path)
+    logger.info("heatmaps: wrote %d maps (%s, one_sided=%s, jacobian=%s) from %s", len(out_paths),
+                type(model).__name__, one_sided, scoring.heatmap_jacobian, model_path)

@@ -230,13 +230,19 @@ class SpatialFlow(nn.Module):
         i, j, k = index.unbind(1)
         return self.voxel_mean[i, j, k], self.voxel_std[i, j, k]
 
-    def log_prob(self, x: torch.Tensor, index: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
-        """log-density of standardised features x (N, L) at voxels ``index`` (N, 3) given the context (N, C)."""
+    def log_prob(self, x: torch.Tensor, index: torch.Tensor, context: torch.Tensor | None,
+                 jacobian: bool = True) -> torch.Tensor:
+        """log-density of standardised features x (N, L) at voxels ``index`` (N, 3) given the context (N, C).
+
+        ``jacobian=False`` leaves out the per-voxel log-Jacobian -sum log s_p of ``input_norm: voxel``: the
+        log-density of the per-voxel standardised features (what the heatmap scores by default).
+        """
         stats = self._voxel_stats(index)
         if stats is None:
             return conditional_log_prob(self.flow, x, context)
         mean, std = stats
-        return conditional_log_prob(self.flow, (x - mean) / std, context) - torch.log(std).sum(1)
+        log_density = conditional_log_prob(self.flow, (x - mean) / std, context)
+        return log_density - torch.log(std).sum(1) if jacobian else log_density
 
     @torch.no_grad()
     def flow_space_mode(self, context: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -258,12 +264,13 @@ class SpatialFlow(nn.Module):
         return self.from_flow_space(self.flow_space_mode(context, index.shape[0]), index)
 
     def score(self, x: torch.Tensor, index: torch.Tensor, context: torch.Tensor | None,
-              typical: torch.Tensor | None = None) -> torch.Tensor:
+              typical: torch.Tensor | None = None, jacobian: bool = True) -> torch.Tensor:
         """Negative log-likelihood per voxel. One-sided when ``typical`` (N, L) is given: x is scored at
-        max(x, typical) level-wise, so norms LOWER than typical stop counting as anomalous."""
+        max(x, typical) level-wise, so norms LOWER than typical stop counting as anomalous. ``jacobian``:
+        see :meth:`log_prob`."""
         if typical is not None:
             x = torch.maximum(x, typical)
-        return -self.log_prob(x, index, context)
+        return -self.log_prob(x, index, context, jacobian)
 
 
 def save_flow(model: SpatialFlow, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
