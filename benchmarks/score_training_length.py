@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> None:
         norm_files = {name: [step_dir / "norms" / name / f"{s}.npz" for s in ids] for name, (_, ids) in sets.items()}
         row = {"steps": steps, "train_s_cumulative": round(train_seconds, 1),
                "val_loss": float(pd.read_csv(step_dir / "training_log.csv")["val_loss"].dropna().iloc[-1]),
-               "level_auroc_std_mean": levels["voxel_auroc_standardised"].mean(),
-               "level_auroc_std_max": levels["voxel_auroc_standardised"].max(),
-               "image_auroc_max": levels["image_auroc"].max()}
+               "level_auroc_std_mean": float(levels["voxel_auroc_standardised"].mean()),
+               "level_auroc_std_max": float(levels["voxel_auroc_standardised"].max()),
+               "image_auroc_max": float(levels["image_auroc"].max())}
         for method in args.methods:
             model = step_dir / method / "model.pt"
             train_flow(norm_files["train"], sets["train"][0], norm_files["val"], sets["val"][0], model,
