@@ -11,8 +11,9 @@ val subjects). One score model is trained and extended through the step counts (
 when only ``score.steps`` changes, so 3000 steps = the 1000-step run continued). After each step count it
 computes the score-norm caches of the train, val and lesioned val sets, the per-level voxel AUROC of the
 per-voxel standardised norms (:mod:`spatial_msma.score.diagnostics`), then fits the per-voxel Gaussian and
-trains the Spatial-MSMA flow on those caches and scores the lesioned val images: the voxel AUROC of each
-heatmap, mean over subjects. One row per step count is printed and written to ``OUT_DIR/summary.csv``.
+trains the Spatial-MSMA flow on those caches (for each of ``--flow-steps``) and scores the lesioned val
+images: the voxel AUROC of each heatmap, mean over subjects. One row per step count is printed and written
+to ``OUT_DIR/summary.csv``.
 """
 
 from __future__ import annotations
@@ -100,18 +101,23 @@ def run(args: argparse.Namespace) -> None:
                "level_auroc_std_mean": float(levels["voxel_auroc_standardised"].mean()),
                "level_auroc_std_max": float(levels["voxel_auroc_standardised"].max()),
                "image_auroc_max": float(levels["image_auroc"].max())}
-        for method in args.methods:
-            model = step_dir / method / "model.pt"
-            train_flow(norm_files["train"], sets["train"][0], norm_files["val"], sets["val"][0], model,
-                       step_dir / method / "checkpoints", step_dir / method / "log.csv", step_dir / method / "log.png",
-                       cfg=flow_cfg, seed=seed, method=method, logger=logger)
-            heatmaps = [step_dir / method / f"{s}.nii.gz" for s in val_ids]
-            write_heatmaps(model, norm_files["val_lesioned"], sets["val_lesioned"][0], heatmaps, cfg=flow_cfg,
-                           logger=logger)
-            row[f"{method}_val_voxel_auroc"] = mean_voxel_auroc(heatmaps, val_lesion_masks, brain["val_lesioned"])
         rows.append(row)
+        runs = [(method, None) for method in args.methods if method == "voxel_gaussian"]
+        runs += [(method, n) for n in args.flow_steps or [flow_cfg["steps"]] for method in args.methods
+                 if method != "voxel_gaussian"]
+        for method, flow_steps in runs:
+            name = method if flow_steps is None else f"{method}_flow{flow_steps}"
+            model = step_dir / name / "model.pt"
+            cfg = flow_cfg if flow_steps is None else {**flow_cfg, "steps": flow_steps}
+            train_flow(norm_files["train"], sets["train"][0], norm_files["val"], sets["val"][0], model,
+                       step_dir / name / "checkpoints", step_dir / name / "log.csv", step_dir / name / "log.png",
+                       cfg=cfg, seed=seed, method=method, logger=logger)
+            heatmaps = [step_dir / name / f"{s}.nii.gz" for s in val_ids]
+            write_heatmaps(model, norm_files["val_lesioned"], sets["val_lesioned"][0], heatmaps, cfg=cfg,
+                           logger=logger)
+            row[f"{name}_val_voxel_auroc"] = mean_voxel_auroc(heatmaps, val_lesion_masks, brain["val_lesioned"])
+            pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # after each model: a cut-off run keeps it
         logger.info("steps %d: %s", steps, row)
-        pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # after each row: a cut-off run keeps them
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
@@ -126,6 +132,7 @@ def main() -> None:
     go.add_argument("out_dir")
     go.add_argument("--steps", type=int, nargs="+", default=[300, 1000, 3000])
     go.add_argument("--methods", nargs="+", default=["voxel_gaussian", "spatial_msma"])
+    go.add_argument("--flow-steps", type=int, nargs="+", help="flow training lengths to try (default: the config's)")
     go.add_argument("--device", default="auto")
     go.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
