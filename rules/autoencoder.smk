@@ -19,7 +19,9 @@ rule train_ae:
         "results/logs/train_ae.log",
     benchmark:
         "results/benchmarks/train_ae.tsv"
-    threads: 2
+    # 1 thread: at 2 (27 CPU-s in 41 s) it waited for two free cores until the end of the default run
+    # (started at 20:52 of 22:08, measured), as the 2-thread score norms had
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
