@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     for steps in args.steps:
         step_dir = out / f"steps_{steps}"
         start = time.perf_counter()
-        train_score_model(sets["train"][0], brain["train"], sets["val"][0][: score_cfg.get("val_images", 4)],
+        train_score_model(sets["train"][0], brain["train"], sets["val"][0],
                           step_dir / "model.pt", step_dir / "training_log.csv", step_dir / "training.png",
                           checkpoint_dir=out / "checkpoints", cfg={**score_cfg, "steps": steps}, seed=seed,
                           logger=logger)
