@@ -74,7 +74,8 @@ def spatial_msma_fn(workdir: Path, cfg: dict, score_model, shape, affine) -> tup
         features = transform_norms(patch[levels][:, brain].T, train_cfg.log_transform, train_cfg.log_eps)
         data = SubjectData(subject, np.ascontiguousarray(features), np.argwhere(brain).astype(np.int64), image,
                            brain, np.asarray(affine), np.asarray(sigmas))
-        return subject_heatmap(flow, data, flow_cfg.one_sided, flow_cfg.chunk_voxels, device, flow_cfg.mode_stride)
+        return subject_heatmap(flow, data, flow_cfg.one_sided, flow_cfg.chunk_voxels, device, flow_cfg.mode_stride,
+                               flow_cfg.heatmap_jacobian)
 
     return run, f"{source} flow, {len(sigmas)} levels"
 
