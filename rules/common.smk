@@ -45,6 +45,12 @@ def included_subjects():
     return sorted(split_members("train") + split_members("val") + split_members("test"))
 
 
+def template_images(voxel_mm):
+    """Template T1 and brain mask files at one voxel size (rule template_images), read by every preprocess job."""
+    stem = f"results/template/res-{float(voxel_mm):g}mm"
+    return {"t1": f"{stem}_T1w.nii.gz", "mask": f"{stem}_brainmask.nii.gz"}
+
+
 def subject_scans(wildcards):
     """The T1w and T2w paths of one subject, as recorded in participants.tsv."""
     table = pd.read_csv(checkpoints.filter_cohort.get().output.participants, sep="\t", dtype=str)

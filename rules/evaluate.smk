@@ -8,8 +8,12 @@ PROTOCOLS = ["oracle"] + [protocol_name(level) for level in config["evaluation"]
 METHODS = config["methods"]
 # The ablation table: Spatial-MSMA, its ablations and the per-voxel Gaussian, with the z-score floor.
 ABLATION_METHODS = ["zscore", *FLOW_METHODS]
-# Validation (lesioned val split, oracle protocol): every detector of the run, plus the ablations when on.
-VALIDATION_METHODS = list(dict.fromkeys(METHODS + (ABLATION_METHODS if config["diagnostics"]["ablations"] else [])))
+# Validation (lesioned val split, oracle protocol): Spatial-MSMA and the z-score floor (what choices are made
+# on), the learned baselines unless diagnostics.validation_baselines is off, and the ablations when on.
+VALIDATION_METHODS = list(dict.fromkeys(
+    [m for m in METHODS if config["diagnostics"]["validation_baselines"] or m in ("zscore", "spatial_msma")]
+    + (ABLATION_METHODS if config["diagnostics"]["ablations"] else [])
+))
 
 
 rule evaluation_thresholds:

@@ -1,9 +1,35 @@
 # Preprocessing: register + skull-strip + resample each subject, then crop all to the training brain box.
 
 
+rule template_images:
+    input:
+        code=package_code("preprocess.py", "template.py"),
+    output:
+        t1="results/template/res-{mm}mm_T1w.nii.gz",
+        mask="results/template/res-{mm}mm_brainmask.nii.gz",
+    wildcard_constraints:
+        mm=r"[0-9]+(\.[0-9]+)?",
+    log:
+        "results/logs/template_images/{mm}mm.log",
+    benchmark:
+        "results/benchmarks/template_images/{mm}mm.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV_IMAGING
+    script:
+        "../workflow/scripts/template_images.py"
+
+
 rule preprocess:
     input:
         unpack(subject_scans),
+        registration_t1=template_images(config["preprocess"]["registration_mm"])["t1"],
+        registration_mask=template_images(config["preprocess"]["registration_mm"])["mask"],
+        output_t1=template_images(config["preprocess"]["voxel_mm"])["t1"],
+        output_mask=template_images(config["preprocess"]["voxel_mm"])["mask"],
         code=package_code("preprocess.py", "template.py", "io.py"),
     output:
         image="results/preprocessed/{subject}.nii.gz",

@@ -7,7 +7,13 @@ from scipy import ndimage
 
 from spatial_msma.crop import apply_crop, crop_box, cropped_affine
 from spatial_msma.io import InputError
-from spatial_msma.preprocess import PreprocessSettings, _template_images, preprocess_subject
+from spatial_msma.preprocess import (
+    PreprocessSettings,
+    _template_images,
+    preprocess_subject,
+    read_template_images,
+    write_template_images,
+)
 from spatial_msma.synthetic import SyntheticSettings, _save_scan, make_subject
 from spatial_msma.template import load_template
 
@@ -52,8 +58,13 @@ def test_registration_and_skull_stripping_on_a_synthetic_head(tmp_path):
         _save_scan(subject[name], subject["affine"], tmp_path / f"{name}.nii.gz")
     settings = PreprocessSettings(voxel_mm=4.0, registration_mm=4.0)
     image, mask, affine = preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", settings)
-    again = preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", settings)
+    # Again, with the template read back from the files the workflow's template_images rule writes.
+    write_template_images(4.0, tmp_path / "tpl_T1w.nii.gz", tmp_path / "tpl_brainmask.nii.gz")
+    from_files = read_template_images(tmp_path / "tpl_T1w.nii.gz", tmp_path / "tpl_brainmask.nii.gz")
+    again = preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", settings,
+                               registration_template=from_files, output_template=from_files)
     assert np.array_equal(image, again[0]) and np.array_equal(mask, again[1])  # same subject, same bytes
+    np.testing.assert_array_equal(affine, again[2])
     template_mask = _template_images(4.0)[1].numpy() > 0.5
     assert image.shape == (2, *template_mask.shape) and mask.shape == template_mask.shape
     dice = 2 * (mask & template_mask).sum() / (mask.sum() + template_mask.sum())

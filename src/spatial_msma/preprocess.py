@@ -21,7 +21,7 @@ from pathlib import Path
 import ants
 import numpy as np
 
-from .io import InputError, load_nifti
+from .io import InputError, atomic_path, load_nifti
 from .template import load_template
 
 BRAIN_MASK_MODES = ("atlas", "skullstripped", "supplied")
@@ -54,8 +54,12 @@ class PreprocessSettings:
         return cls(**values)
 
 
+#: The template T1 and its brain mask on one grid, as ANTs images.
+TemplateImages = tuple[ants.ANTsImage, ants.ANTsImage]
+
+
 @functools.cache
-def _template_images(voxel_mm: float) -> tuple[ants.ANTsImage, ants.ANTsImage]:
+def _template_images(voxel_mm: float) -> TemplateImages:
     """The template T1 and brain mask as ANTs images at ``voxel_mm`` (template field of view)."""
     template = load_template()
     t1 = ants.from_nibabel_nifti(template.image("t1"))
@@ -64,6 +68,19 @@ def _template_images(voxel_mm: float) -> tuple[ants.ANTsImage, ants.ANTsImage]:
         t1 = ants.resample_image(t1, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
         mask = ants.resample_image(mask, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
     return t1, mask
+
+
+def write_template_images(voxel_mm: float, t1_path: str | Path, mask_path: str | Path) -> None:
+    """Write the template T1 and brain mask at ``voxel_mm`` once per run: building them (1 mm maps, hole
+    filling, resampling) takes ~1.4 s, which every one of the preprocessing jobs would otherwise pay."""
+    for image, path in zip(_template_images(float(voxel_mm)), (t1_path, mask_path), strict=True):
+        with atomic_path(path) as tmp:
+            ants.image_write(image, str(tmp))
+
+
+def read_template_images(t1_path: str | Path, mask_path: str | Path) -> TemplateImages:
+    """The pair written by :func:`write_template_images`."""
+    return ants.image_read(str(t1_path)), ants.image_read(str(mask_path))
 
 
 def _read(path: str | Path, what: str) -> ants.ANTsImage:
@@ -96,12 +113,14 @@ def _scale_intensities(data: np.ndarray, mask: np.ndarray, percentiles: tuple[fl
 
 
 def preprocess_subject(
-    t1w: str | Path, t2w: str | Path, settings: PreprocessSettings, logger: logging.Logger | None = None
+    t1w: str | Path, t2w: str | Path, settings: PreprocessSettings, logger: logging.Logger | None = None,
+    registration_template: TemplateImages | None = None, output_template: TemplateImages | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Register, skull-strip, resample and scale one subject.
 
     Returns ``(image (2, X, Y, Z) float32 [T1, T2], brain mask (X, Y, Z) bool, affine)`` on the template grid
-    at ``settings.voxel_mm``.
+    at ``settings.voxel_mm``. The templates at ``settings.registration_mm`` and ``settings.voxel_mm`` are
+    built here unless given (the workflow reads them from :func:`write_template_images`' files).
     """
     logger = logger or logging.getLogger(__name__)
     # ANTs samples metric points at random, seeded from the clock unless told otherwise: without a fixed seed
@@ -110,8 +129,8 @@ def preprocess_subject(
     ants.config.set_ants_deterministic(True, seed_value=REGISTRATION_SEED)
     t1 = _read(t1w, "T1w")
     t2 = _read(t2w, "T2w")
-    reg_template, reg_template_mask = _template_images(settings.registration_mm)
-    out_template, out_template_mask = _template_images(settings.voxel_mm)
+    reg_template, reg_template_mask = registration_template or _template_images(settings.registration_mm)
+    out_template, out_template_mask = output_template or _template_images(settings.voxel_mm)
     t1_small = _downsample(t1, settings.registration_mm)
     t2_small = _downsample(t2, settings.registration_mm)
 
