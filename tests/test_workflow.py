@@ -62,6 +62,22 @@ def test_diagnostics_validation_and_ablation_tables(run_dir):
                                         "spatial_msma_gmm", "voxel_gaussian"}
 
 
+def test_validation_baselines_switch_leaves_only_the_baselines_out(run_dir, tmp_path):
+    """``diagnostics.validation_baselines: false`` (the default config's setting) drops the learned baselines from
+    the validation table's inputs, and with them their val_lesioned heatmaps; Spatial-MSMA, the z-score and the
+    ablations stay."""
+    extra = tmp_path / "no_validation_baselines.yaml"
+    extra.write_text("diagnostics: {ablations: true, validation_baselines: false}\n")
+    # the extra file follows --configfile TINY directly, so it is the second config file
+    out = _snakemake(run_dir, str(extra), "--dry-run", "results/validation/table.csv",
+                     "--forcerun", "validation_table").stdout
+    inputs = next(line for line in out.splitlines() if "results/validation/metrics/" in line)
+    for kept in ("zscore", "spatial_msma", "spatial_msma_nopos", "voxel_gaussian"):
+        assert f"results/validation/metrics/{kept}_oracle.csv" in inputs, kept
+    for dropped in ("ae", "inpaint", "restoration", "gradcam_msma"):
+        assert f"results/validation/metrics/{dropped}_oracle.csv" not in inputs, dropped
+
+
 def test_benchmark_summary_reads_the_run_and_ranks_spatial_msma(run_dir):
     """benchmarks/summarize.py (what benchmarks/README.md is made of) on the run's own CSVs."""
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summarize.py"), str(run_dir / "results")],
