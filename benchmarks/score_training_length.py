@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 
 from spatial_msma.evaluation.metrics import voxel_auroc_auprc
-from spatial_msma.flow import train_flow, write_heatmaps
+from spatial_msma.flow.heatmap import write_heatmaps
+from spatial_msma.flow.train import train_flow
 from spatial_msma.progress import script_logger
 from spatial_msma.score.diagnostics import write_level_diagnostics
 from spatial_msma.score.norms import compute_score_norm_cache

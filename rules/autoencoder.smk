@@ -6,13 +6,13 @@ rule train_ae:
     input:
         train=lambda wc: set_images("train"),
         val=lambda wc: set_images("val"),
-        code=package_code("baselines/ae.py", "training.py"),
+        code=script_code("train_ae.py"),
     output:
         model="results/models/ae/model.pt",
         log="results/models/ae/training_log.csv",
         figure=report("results/figures/ae_training.png", caption="../report/ae_training.rst", category="Training"),
     params:
-        cfg=config["ae"],
+        cfg=section_scope("ae", "training"),
         seed=config["seed"],
         checkpoint_dir="results/checkpoints/ae",
     log:
@@ -37,11 +37,11 @@ rule heatmap_ae:
         model="results/models/ae/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
-        code=package_code("baselines/ae.py"),
+        code=script_code("heatmap_ae.py"),
     output:
         directory("results/heatmaps/ae/{set}"),
     params:
-        cfg=config["ae"],
+        cfg=section_scope("ae", "heatmap"),
     log:
         "results/logs/heatmap_ae/{set}.log",
     benchmark:

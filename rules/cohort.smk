@@ -3,7 +3,7 @@
 
 rule synthetic_cohort:
     input:
-        code=package_code("synthetic.py", "template.py"),
+        code=script_code("synthetic_cohort.py"),
     output:
         directory(SYNTHETIC_BIDS),
     params:
@@ -26,7 +26,7 @@ rule synthetic_cohort:
 checkpoint filter_cohort:
     input:
         unpack(cohort_inputs),
-        code=package_code("cohort.py", "io.py"),
+        code=script_code("filter_cohort.py"),
     output:
         participants="results/cohort/participants.tsv",
         train="results/cohort/train.txt",

@@ -1,9 +1,16 @@
 # Shared helpers: where inputs come from, and which subjects each split holds (known after filter_cohort).
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 PACKAGE = Path(workflow.basedir) / "src" / "spatial_msma"
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+# The package's pure-Python modules (no torch) are read at parse time: code inputs, method keys.
+sys.path.insert(0, str(PACKAGE.parent))
+from spatial_msma.config_scopes import scope  # noqa: E402
+from spatial_msma.script_modules import modules_run_by  # noqa: E402
 SYNTHETIC_BIDS = "resources/synthetic/bids"
 
 # Conda environments, used with `--sdm conda` (README, Scale-out; paths relative to rules/): the rules that
@@ -14,9 +21,17 @@ ENV_TORCH = f"../envs/torch-{config['conda_torch']}.yaml"
 # Snakemake hands down from its own install (`make install` / `pip install -e .`).
 
 
-def package_code(*modules):
-    """Package modules declared as inputs of the job that runs them; editing one reruns it and what follows."""
-    return [str(PACKAGE / module) for module in modules]
+def script_code(script):
+    """The package modules a rule's script runs (its imports, followed through the package), as the rule's
+    inputs: editing any of them reruns the rule and what follows. Relative to the working directory, so a
+    checkout moved or copied together with its results keeps the same input paths and reruns nothing."""
+    return [os.path.relpath(path) for path in modules_run_by(SCRIPTS / script, PACKAGE)]
+
+
+def section_scope(section, kind):
+    """The keys of a config section a job of one kind reads (spatial_msma.config_scopes): a rule's params hold
+    only these, so a heatmap-only or figure-only key never reruns a training or a metrics job."""
+    return scope(section, config[section], kind)
 
 
 def cohort_inputs(wildcards=None):

@@ -9,7 +9,7 @@ rule heatmap_inpaint:
         model="results/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
-        code=package_code("baselines/inpaint.py", "baselines/sampling.py"),
+        code=script_code("heatmap_inpaint.py"),
     output:
         directory("results/heatmaps/inpaint/{set}"),
     params:
@@ -37,7 +37,7 @@ rule heatmap_restoration:
         model="results/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
-        code=package_code("baselines/restoration.py", "baselines/sampling.py"),
+        code=script_code("heatmap_restoration.py"),
     output:
         directory("results/heatmaps/restoration/{set}"),
     params:

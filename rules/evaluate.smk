@@ -1,7 +1,4 @@
 # Evaluation: the same thresholds, post-processing and metrics for every detector, then Table 1 and figures.
-import sys
-
-sys.path.insert(0, str(PACKAGE.parent))
 from spatial_msma.names import protocol_name  # noqa: E402  (pure Python, no heavy imports)
 
 PROTOCOLS = ["oracle"] + [protocol_name(level) for level in config["evaluation"]["fpr_levels"]]
@@ -23,11 +20,11 @@ rule evaluation_thresholds:
         test_dir="results/heatmaps/{method}/test",
         val_brainmasks=lambda wc: set_brainmasks("val"),
         test_brainmasks=lambda wc: set_brainmasks("test"),
-        code=package_code("evaluation/thresholds.py", "evaluation/pipeline.py"),
+        code=script_code("evaluation_thresholds.py"),
     output:
         "results/thresholds/{method}.json",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
         method="{method}",
         val_heatmaps=lambda wc: heatmap_files(wc.method, "val"),
         test_heatmaps=lambda wc: heatmap_files(wc.method, "test"),
@@ -51,11 +48,11 @@ rule evaluate:
         masks=lambda wc: set_lesion_masks("test_lesioned"),
         brainmasks=lambda wc: set_brainmasks("test_lesioned"),
         thresholds="results/thresholds/{method}.json",
-        code=package_code("evaluation/metrics.py", "evaluation/postprocess.py", "evaluation/pipeline.py"),
+        code=script_code("evaluate.py"),
     output:
         "results/metrics/{method}_{protocol}.csv",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
         method="{method}",
         protocol="{protocol}",
         heatmaps=lambda wc: heatmap_files(wc.method, "test_lesioned"),
@@ -77,7 +74,7 @@ rule table1:
     input:
         metrics=expand("results/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
         thresholds=expand("results/thresholds/{method}.json", method=METHODS),
-        code=package_code("evaluation/tables.py"),
+        code=script_code("table1.py"),
     output:
         oracle_csv=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         oracle_md="results/table1.md",
@@ -86,7 +83,7 @@ rule table1:
         **{f"{p}_md": f"results/table1_{p}.md" for p in PROTOCOLS[1:]},
         size_bins_csv="results/table1_size_bins.csv",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
     log:
         "results/logs/table1.log",
     benchmark:
@@ -108,12 +105,12 @@ rule evaluation_figures:
         masks=lambda wc: set_lesion_masks("test_lesioned"),
         brainmasks=lambda wc: set_brainmasks("test_lesioned"),
         thresholds=expand("results/thresholds/{method}.json", method=METHODS),
-        code=package_code("evaluation/figures.py"),
+        code=script_code("evaluation_figures.py"),
     output:
         montage=report("results/figures/montage.png", caption="../report/montage.rst", category="Heatmaps"),
         froc=report("results/figures/froc.png", caption="../report/froc.rst", category="Detection"),
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "figures"),
         seed=config["seed"],
         heatmaps=lambda wc: [f for m in METHODS for f in heatmap_files(m, "test_lesioned")],
     log:
@@ -136,11 +133,11 @@ rule evaluate_validation:
         heatmap_dir="results/heatmaps/{method}/val_lesioned",
         masks=lambda wc: set_lesion_masks("val_lesioned"),
         brainmasks=lambda wc: set_brainmasks("val_lesioned"),
-        code=package_code("evaluation/metrics.py", "evaluation/postprocess.py", "evaluation/pipeline.py"),
+        code=script_code("evaluate.py"),
     output:
         "results/validation/metrics/{method}_oracle.csv",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
         method="{method}",
         protocol="oracle",
         heatmaps=lambda wc: heatmap_files(wc.method, "val_lesioned"),
@@ -161,14 +158,14 @@ rule evaluate_validation:
 rule validation_table:
     input:
         metrics=expand("results/validation/metrics/{method}_oracle.csv", method=VALIDATION_METHODS),
-        code=package_code("evaluation/tables.py"),
+        code=script_code("table1.py"),
     output:
         oracle_csv=report("results/validation/table.csv", caption="../report/validation_table.rst",
                           category="Validation"),
         oracle_md="results/validation/table.md",
         size_bins_csv="results/validation/size_bins.csv",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
         title="Validation (lesioned validation split)",
         expected_methods=VALIDATION_METHODS,
         protocols=["oracle"],
@@ -192,7 +189,7 @@ rule ablation_table:
     input:
         metrics=expand("results/metrics/{method}_{protocol}.csv", method=ABLATION_METHODS, protocol=PROTOCOLS),
         thresholds=expand("results/thresholds/{method}.json", method=ABLATION_METHODS),
-        code=package_code("evaluation/tables.py"),
+        code=script_code("table1.py"),
     output:
         oracle_csv=report("results/diagnostics/ablations.csv", caption="../report/ablations.rst",
                           category="Diagnostics"),
@@ -201,7 +198,7 @@ rule ablation_table:
         **{f"{p}_md": f"results/diagnostics/ablations_{p}.md" for p in PROTOCOLS[1:]},
         size_bins_csv="results/diagnostics/ablations_size_bins.csv",
     params:
-        cfg=config["evaluation"],
+        cfg=section_scope("evaluation", "metrics"),
         title="Ablations of Spatial-MSMA (test split)",
         expected_methods=ABLATION_METHODS,
     log:

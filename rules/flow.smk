@@ -8,7 +8,7 @@ rule train_flow:
         val_manifest="results/score_norms/val/manifest.tsv",
         train_images=lambda wc: set_images("train"),
         val_images=lambda wc: set_images("val"),
-        code=package_code("flow/model.py", "flow/train.py", "flow/context.py", "flow/gaussian.py", "training.py"),
+        code=script_code("train_flow.py"),
     output:
         model="results/models/{method}/model.pt",
         log="results/models/{method}/training_log.csv",
@@ -17,7 +17,7 @@ rule train_flow:
     wildcard_constraints:
         method="|".join(FLOW_METHODS),
     params:
-        cfg=config["flow"],
+        cfg=section_scope("flow", "training"),
         method="{method}",
         seed=config["seed"],
         checkpoint_dir="results/checkpoints/{method}",
@@ -45,13 +45,13 @@ rule heatmap_flow:
         model="results/models/{method}/model.pt",
         norms_manifest="results/score_norms/{set}/manifest.tsv",
         images=lambda wc: set_images(wc.set),
-        code=package_code("flow/heatmap.py"),
+        code=script_code("heatmap_flow.py"),
     output:
         directory("results/heatmaps/{method}/{set}"),
     wildcard_constraints:
         method="|".join(FLOW_METHODS),
     params:
-        cfg=config["flow"],
+        cfg=section_scope("flow", "heatmap"),
         norms=lambda wc: norm_files(wc.set),
         heatmaps=lambda wc: heatmap_files(wc.method, wc.set),
     log:

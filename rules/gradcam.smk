@@ -5,11 +5,11 @@
 rule gradcam_msma_gmm:
     input:
         train="results/score_norms/train/manifest.tsv",
-        code=package_code("baselines/gradcam.py", "score/msma.py"),
+        code=script_code("gradcam_msma_gmm.py"),
     output:
         "results/models/gradcam_msma/gmm.npz",
     params:
-        cfg=config["gradcam_msma"],
+        cfg=section_scope("gradcam_msma", "training"),
         seed=config["seed"],
     log:
         "results/logs/gradcam_msma_gmm.log",
@@ -31,11 +31,11 @@ rule heatmap_gradcam_msma:
         gmm="results/models/gradcam_msma/gmm.npz",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
-        code=package_code("baselines/gradcam.py", "score/network.py"),
+        code=script_code("heatmap_gradcam_msma.py"),
     output:
         directory("results/heatmaps/gradcam_msma/{set}"),
     params:
-        cfg=config["gradcam_msma"],
+        cfg=section_scope("gradcam_msma", "heatmap"),
     log:
         "results/logs/heatmap_gradcam_msma/{set}.log",
     benchmark:

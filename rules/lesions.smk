@@ -6,7 +6,7 @@ rule simulate_lesions:
         image="results/cropped/{subject}.nii.gz",
         brainmask="results/cropped/{subject}_brainmask.nii.gz",
         val_split="results/cohort/val.txt",
-        code=package_code("lesions.py"),
+        code=script_code("simulate_lesions.py"),
     output:
         image="results/lesions/{subject}_image.nii.gz",
         mask="results/lesions/{subject}_mask.nii.gz",
@@ -33,6 +33,7 @@ rule lesion_summary:
         tables=lambda wc: [f"results/lesions/{s}_lesions.tsv" for s in set_subjects("test_lesioned")],
         masks=lambda wc: set_lesion_masks("test_lesioned"),
         images=lambda wc: set_images("test_lesioned"),
+        code=script_code("lesion_summary.py"),
     output:
         table="results/lesions/summary.tsv",
         figure=report("results/figures/lesions.png", caption="../report/lesions.rst", category="Lesions"),

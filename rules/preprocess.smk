@@ -3,7 +3,7 @@
 
 rule template_images:
     input:
-        code=package_code("preprocess.py", "template.py"),
+        code=script_code("template_images.py"),
     output:
         t1="results/template/res-{mm}mm_T1w.nii.gz",
         mask="results/template/res-{mm}mm_brainmask.nii.gz",
@@ -30,7 +30,7 @@ rule preprocess:
         registration_mask=template_images(config["preprocess"]["registration_mm"])["mask"],
         output_t1=template_images(config["preprocess"]["voxel_mm"])["t1"],
         output_mask=template_images(config["preprocess"]["voxel_mm"])["mask"],
-        code=package_code("preprocess.py", "template.py", "io.py"),
+        code=script_code("preprocess.py"),
     output:
         image="results/preprocessed/{subject}.nii.gz",
         mask="results/preprocessed/{subject}_brainmask.nii.gz",
@@ -53,7 +53,7 @@ rule preprocess:
 rule crop_box:
     input:
         masks=lambda wc: expand("results/preprocessed/{subject}_brainmask.nii.gz", subject=split_members("train")),
-        code=package_code("crop.py"),
+        code=script_code("crop_box.py"),
     output:
         "results/preprocessed/crop_box.json",
     params:
@@ -77,7 +77,7 @@ rule crop:
         image="results/preprocessed/{subject}.nii.gz",
         mask="results/preprocessed/{subject}_brainmask.nii.gz",
         box="results/preprocessed/crop_box.json",
-        code=package_code("crop.py"),
+        code=script_code("crop.py"),
     output:
         image="results/cropped/{subject}.nii.gz",
         mask="results/cropped/{subject}_brainmask.nii.gz",
@@ -100,6 +100,7 @@ rule crop_manifest:
         images=lambda wc: expand("results/cropped/{subject}.nii.gz", subject=included_subjects()),
         masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
         participants="results/cohort/participants.tsv",
+        code=script_code("crop_manifest.py"),
     output:
         "results/cropped/manifest.tsv",
     log:
@@ -120,7 +121,7 @@ rule cohort_figure:
     input:
         images=lambda wc: expand("results/cropped/{subject}.nii.gz", subject=included_subjects()),
         masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
-        code=package_code("qc.py"),
+        code=script_code("cohort_figure.py"),
     output:
         report("results/figures/cohort.png", caption="../report/cohort.rst", category="Cohort"),
     params:

@@ -7,7 +7,7 @@ rule train_score_model:
         train=lambda wc: set_images("train"),
         train_masks=lambda wc: set_brainmasks("train"),
         val=lambda wc: set_images("val"),
-        code=package_code("score/train.py", "score/network.py", "score/sde.py", "training.py"),
+        code=script_code("train_score_model.py"),
     output:
         model="results/models/score/model.pt",
         log="results/models/score/training_log.csv",
@@ -38,7 +38,7 @@ rule score_norms:
         model="results/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
-        code=package_code("score/norms.py"),
+        code=script_code("score_norms.py"),
     output:
         manifest="results/score_norms/{set}/manifest.tsv",
     params:
@@ -69,7 +69,7 @@ rule msma_image:
         test="results/score_norms/test/manifest.tsv",
         test_lesioned="results/score_norms/test_lesioned/manifest.tsv",
         lesion_masks=lambda wc: set_lesion_masks("test_lesioned"),
-        code=package_code("score/msma.py"),
+        code=script_code("msma_image.py"),
     output:
         auroc="results/msma_image_auroc.csv",
         scores="results/msma_image_scores.csv",
@@ -103,7 +103,7 @@ rule score_level_diagnostics:
         test_lesioned="results/score_norms/test_lesioned/manifest.tsv",
         test="results/score_norms/test/manifest.tsv",
         test_masks=lambda wc: set_lesion_masks("test_lesioned"),
-        code=package_code("score/diagnostics.py", "score/msma.py"),
+        code=script_code("score_level_diagnostics.py"),
     output:
         table="results/diagnostics/score_levels.csv",
         figure=report("results/diagnostics/score_levels.png", caption="../report/score_levels.rst",

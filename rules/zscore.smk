@@ -4,7 +4,7 @@
 rule zscore_model:
     input:
         images=lambda wc: set_images("train"),
-        code=package_code("zscore.py"),
+        code=script_code("zscore_model.py"),
     output:
         "results/models/zscore/model.npz",
     params:
@@ -28,6 +28,7 @@ rule heatmap_zscore:
         model="results/models/zscore/model.npz",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
+        code=script_code("heatmap_zscore.py"),
     output:
         directory("results/heatmaps/zscore/{set}"),
     log:

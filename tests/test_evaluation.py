@@ -10,26 +10,20 @@ import torch
 from monai.metrics import compute_average_surface_distance
 from scipy import ndimage
 
-from spatial_msma.evaluation import (
-    EvaluationConfig,
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.metrics import (
     SurfaceDistances,
     best_dice,
     component_counts,
-    evaluate_subject,
-    fpr_thresholds,
     lesion_contrast,
-    method_order,
     monai_distances,
-    oracle_threshold,
-    post_process,
-    prepare_reference,
-    protocol_name,
-    segment,
     voxel_auroc_auprc,
 )
-from spatial_msma.evaluation.pipeline import Case
-from spatial_msma.evaluation.postprocess import brain_rim
+from spatial_msma.evaluation.pipeline import Case, evaluate_subject
+from spatial_msma.evaluation.postprocess import brain_rim, post_process, prepare_reference, segment
+from spatial_msma.evaluation.thresholds import fpr_thresholds, oracle_threshold
 from spatial_msma.io import InputError
+from spatial_msma.names import method_order, protocol_name
 
 # MONAI warns about its own internal use of a deprecated argument when called directly below
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")

@@ -13,7 +13,10 @@ import pytest
 from scipy import ndimage
 from snakemake.iocontainers import Namedlist
 
-from spatial_msma.evaluation import EvaluationConfig, evaluate_method, fit_method_thresholds, make_figures, write_tables
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.figures import make_figures
+from spatial_msma.evaluation.pipeline import evaluate_method, fit_method_thresholds
+from spatial_msma.evaluation.tables import write_tables
 from spatial_msma.io import InputError, write_channels, write_nifti
 
 SHAPE = (24, 28, 20)

@@ -7,6 +7,7 @@ ask Snakemake what it would rerun. Nothing is mocked.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +22,15 @@ from spatial_msma.io import read_channels, read_mask
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
+# What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report")
 
 
 def _snakemake(workdir, *args, check=True):
-    cmd = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(TINY), *args]
+    """Snakemake on ``workdir`` with the tiny config; the workflow is the checkout copy in ``workdir`` when it
+    has one (the shared run), else this repository's."""
+    snakefile = workdir / "Snakefile" if (workdir / "Snakefile").exists() else REPO / "Snakefile"
+    cmd = [*SNAKEMAKE, "--snakefile", str(snakefile), "--directory", str(workdir), "--configfile", str(TINY), *args]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
@@ -34,9 +39,28 @@ def _snakemake(workdir, *args, check=True):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
+    """A copy of the checkout with the whole DAG run inside it (results/ next to Snakefile, as for a user)."""
+    workdir = tmp_path_factory.mktemp("workflow") / "checkout"
+    for name in WORKFLOW_FILES:
+        source, target = REPO / name, workdir / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     _snakemake(workdir, "--cores", "2")
     return workdir
+
+
+def _rules_to_rerun(workdir, *args):
+    """The rules a dry run would run, from Snakemake's job-count table."""
+    dry = _snakemake(workdir, "--cores", "1", "--dry-run", "--quiet", "rules", *args)
+    rules = set()
+    for line in (dry.stdout + dry.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            rules.add(parts[0])
+    return rules
 
 
 def test_whole_dag_produces_table1(run_dir):
@@ -122,25 +146,50 @@ def test_lesions_only_inside_the_brain(run_dir):
         assert lesion.any() and not (lesion & ~brain).any()
 
 
-def test_editing_the_crop_code_reruns_only_crop_and_what_follows(run_dir):
-    """A real edit (Snakemake compares checksums, so a bare touch is not a change) of the module the crop
-    rules declare as input."""
-    crop_code = REPO / "src" / "spatial_msma" / "crop.py"
-    original = crop_code.read_bytes()
-    stat = crop_code.stat()
+@pytest.mark.parametrize(("module", "reruns", "keeps"), [
+    ("crop.py", {"crop_box", "crop", "zscore_model", "table1"}, {"synthetic_cohort", "filter_cohort", "preprocess"}),
+    # imported by neither script directly: train_flow.py -> flow.train -> flow.data, heatmap_flow.py likewise
+    ("flow/data.py", {"train_flow", "heatmap_flow", "table1"},
+     {"preprocess", "train_score_model", "score_norms", "train_ae", "heatmap_inpaint"}),
+])
+def test_editing_a_module_reruns_the_rules_that_run_it_and_what_follows(run_dir, module, reruns, keeps):
+    """A real edit (Snakemake compares checksums, so a bare touch is not a change) of one module of the run's
+    own checkout copy."""
+    code = run_dir / "src" / "spatial_msma" / module
+    original = code.read_bytes()
+    stat = code.stat()
     try:
-        crop_code.write_bytes(original + b"# an edit\n")
-        dry = _snakemake(run_dir, "--cores", "1", "--dry-run", "--quiet", "rules")
+        code.write_bytes(original + b"# an edit\n")
+        rules = _rules_to_rerun(run_dir)
     finally:
-        crop_code.write_bytes(original)
-        os.utime(crop_code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    rules = set()
-    for line in (dry.stdout + dry.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
-            rules.add(parts[0])
-    assert {"crop_box", "crop", "zscore_model", "table1"} <= rules, rules
-    assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess"}, rules
+        code.write_bytes(original)
+        os.utime(code, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert reruns <= rules, rules
+    assert not rules & keeps, rules
+
+
+def test_a_checkout_moved_with_its_results_reruns_nothing(run_dir):
+    """Code inputs are relative paths, so moving the folder (code and results together) changes no input."""
+    moved = run_dir.with_name("moved")
+    run_dir.rename(moved)
+    try:
+        assert _rules_to_rerun(moved) == set()
+    finally:
+        moved.rename(run_dir)
+
+
+@pytest.mark.parametrize(("setting", "reruns", "keeps"), [
+    ("flow: {heatmap_jacobian: true}", {"heatmap_flow", "evaluate", "table1"}, {"train_flow", "score_norms"}),
+    ("ae: {error: squared}", {"heatmap_ae", "evaluate"}, {"train_ae", "heatmap_flow"}),
+    ("evaluation: {figure_subjects: 1}", {"evaluation_figures"}, {"evaluate", "evaluation_thresholds", "table1"}),
+])
+def test_a_scoring_or_figure_key_reruns_only_the_jobs_that_read_it(run_dir, tmp_path, setting, reruns, keeps):
+    """Rules get only their scope of a config section (spatial_msma.config_scopes)."""
+    extra = tmp_path / "changed.yaml"
+    extra.write_text(setting + "\n")
+    rules = _rules_to_rerun(run_dir, "--configfile", str(TINY), str(extra))
+    assert reruns <= rules, rules
+    assert not rules & keeps, rules
 
 
 def test_gpu_resource_is_requested_only_on_gpu_runs(run_dir):

@@ -9,7 +9,8 @@ params: cfg=config["evaluation"], method=the method key, protocol=the protocol k
 
 import torch
 
-from spatial_msma.evaluation import EvaluationConfig, evaluate_method
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.pipeline import evaluate_method
 from spatial_msma.progress import script_logger
 
 logger = script_logger(snakemake.log[0])  # noqa: F821

@@ -8,7 +8,8 @@ output: montage (results/figures/montage.png), froc (results/figures/froc.png)
 params: cfg=config["evaluation"], seed=config["seed"]
 """
 
-from spatial_msma.evaluation import EvaluationConfig, make_figures
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.figures import make_figures
 from spatial_msma.progress import script_logger
 
 logger = script_logger(snakemake.log[0])  # noqa: F821

@@ -6,7 +6,8 @@ output: results/thresholds/{method}.json
 params: cfg=config["evaluation"], method=the method key
 """
 
-from spatial_msma.evaluation import EvaluationConfig, fit_method_thresholds
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.pipeline import fit_method_thresholds
 from spatial_msma.progress import script_logger
 
 logger = script_logger(snakemake.log[0])  # noqa: F821

@@ -11,7 +11,7 @@ threads: torch CPU threads.
 
 import torch
 
-from spatial_msma.flow import write_heatmaps
+from spatial_msma.flow.heatmap import write_heatmaps
 from spatial_msma.progress import script_logger
 
 sm = snakemake  # noqa: F821

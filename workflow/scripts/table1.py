@@ -8,7 +8,8 @@ params: cfg=config["evaluation"]; optional title, expected_methods, protocols, i
         ablation tables use the same writer with another title, method list and protocol subset)
 """
 
-from spatial_msma.evaluation import EvaluationConfig, write_tables
+from spatial_msma.evaluation.config import EvaluationConfig
+from spatial_msma.evaluation.tables import write_tables
 from spatial_msma.progress import script_logger
 
 logger = script_logger(snakemake.log[0])  # noqa: F821

@@ -12,7 +12,7 @@ threads: torch CPU threads.
 
 import torch
 
-from spatial_msma.flow import train_flow
+from spatial_msma.flow.train import train_flow
 from spatial_msma.progress import script_logger
 
 sm = snakemake  # noqa: F821
