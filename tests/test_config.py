@@ -31,6 +31,22 @@ def test_shipped_configs_validate(name):
     validate(_load(name), SCHEMA)
 
 
+def _leaf_keys(section, prefix=()):
+    for key, value in section.items():
+        if isinstance(value, dict) and value:
+            yield from _leaf_keys(value, (*prefix, key))
+        else:
+            yield ".".join((*prefix, key))
+
+
+@pytest.mark.parametrize("name", ["benchmark.yaml", "paper.yaml"])
+def test_layered_configs_restate_every_key_of_the_default(name):
+    """config.yaml is always loaded under a --configfile: a key it sets and the other file does not would leak
+    a laptop-only choice (a CPU batch size, ablations off) into the paper run without anyone seeing it."""
+    inherited = set(_leaf_keys(_load("config.yaml"))) - set(_leaf_keys(_load(name)))
+    assert not inherited, f"{name} silently inherits from config.yaml: {sorted(inherited)}"
+
+
 def test_defaults_fill_nested_sections():
     config = {}
     validate(config, SCHEMA, set_default=True)
