@@ -6,15 +6,27 @@ the tissue maps with CSF bright and WM dark), so lesions land in real white-matt
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import ndimage as ndi
+from snakemake.utils import validate
 
-from spatial_msma import io, lesions
+from spatial_msma import io
+from spatial_msma.evaluation.metrics import SIZE_BIN_EDGES_MM3, SIZE_BIN_LABELS
+from spatial_msma.lesions.config import Contrast, Enhancement, LesionsConfig
+from spatial_msma.lesions.grids import block_mean, resample_to_grid, upsample_nearest
+from spatial_msma.lesions.placement import MIN_KEPT
+from spatial_msma.lesions.report import summarise_lesions
+from spatial_msma.lesions.shapes import load_lesion_library
+from spatial_msma.lesions.simulate import LesionSimulation, simulate_lesions, simulate_subject_files, subject_seed
+from spatial_msma.lesions.size_bins import MS_MIST_BIN_EDGES_MM3, size_bin_label
 from spatial_msma.template import load_template
 
 SHAPE = (32, 40, 28)  # 4 mm voxels: 128 x 160 x 112 mm, the cerebrum's white matter
@@ -33,7 +45,7 @@ def build_subject(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     crop = tuple(slice(s, s + n * K) for s, n in zip(START, SHAPE, strict=True))
 
     def area_mean(volume: np.ndarray) -> np.ndarray:
-        return lesions.block_mean(np.asarray(volume, dtype=np.float32)[crop], (K, K, K))
+        return block_mean(np.asarray(volume, dtype=np.float32)[crop], (K, K, K))
 
     wm, gm, csf = area_mean(template.wm), area_mean(template.gm), area_mean(template.csf)
     brain = area_mean(template.brain) >= 0.5
@@ -58,10 +70,10 @@ def subject():
 def runs(subject):
     """Three subjects with the default config (20 mL)."""
     image, brain, affine, _ = subject
-    return [lesions.simulate_lesions(image, brain, affine, {}, 42, f"sub-{i:02d}") for i in range(3)]
+    return [simulate_lesions(image, brain, affine, {}, 42, f"sub-{i:02d}") for i in range(3)]
 
 
-def surrounding_wm(result: lesions.LesionSimulation, brain: np.ndarray, wm: np.ndarray) -> np.ndarray:
+def surrounding_wm(result: LesionSimulation, brain: np.ndarray, wm: np.ndarray) -> np.ndarray:
     """White matter within 2 voxels of the ground truth, untouched by any lesion (soft label 0)."""
     return ndi.binary_dilation(result.mask, iterations=2) & (result.soft == 0) & (wm > 0.9) & brain
 
@@ -74,7 +86,7 @@ def test_load_within_ten_percent_and_small_lesions_exist(runs):
         np.testing.assert_allclose(labelled, result.lesions["volume_mm3"], rtol=1e-6)
     volumes = pd.concat([r.lesions for r in runs])["volume_mm3"]
     assert (volumes < 500).mean() >= 1 / 3
-    assert volumes.min() >= 50 * lesions._MIN_KEPT
+    assert volumes.min() >= 50 * MIN_KEPT
     assert (volumes > 1000).any(), "large lesions must exist too"
 
 
@@ -97,8 +109,8 @@ def test_lesions_lie_in_brain_and_white_matter(subject, runs):
         assert not result.soft[~brain].any()
         np.testing.assert_array_equal(result.image[:, ~brain], image[:, ~brain])
         fine = result.fine_labels > 0
-        assert lesions.upsample_nearest(brain, result.fine.k)[fine].all()
-        wm_fine = lesions.resample_to_grid(template.wm, template.affine, result.fine.shape, result.fine.affine)
+        assert upsample_nearest(brain, result.fine.k)[fine].all()
+        wm_fine = resample_to_grid(template.wm, template.affine, result.fine.shape, result.fine.affine)
         assert wm_fine[fine].min() >= 0.5
 
 
@@ -118,7 +130,7 @@ def test_working_grid_equals_fine_grid_without_subdivision_or_smoothing(subject)
     """grid_mm = working voxel and no border smoothing: the soft label is binary, both loads agree."""
     image, brain, affine, _ = subject
     cfg = {"grid_mm": 4.0, "border_sigma_mm": 0.0, "load_ml": 10}
-    result = lesions.simulate_lesions(image, brain, affine, cfg, 1, "sub-x")
+    result = simulate_lesions(image, brain, affine, cfg, 1, "sub-x")
     assert result.fine.k == (1, 1, 1)
     assert set(np.unique(result.soft)) == {0.0, 1.0}
     summary = result.summary("sub-x")
@@ -143,7 +155,7 @@ def test_enhancement_variants_known_answers(subject):
     """``contrast`` scales the lesion's change 1.5x; ``code`` multiplies the [-1, 1] image under the label."""
     image, brain, affine, wm = subject
     out = {
-        mode: lesions.simulate_lesions(image, brain, affine, {"enhancement": {"mode": mode}}, 42, "sub-00")
+        mode: simulate_lesions(image, brain, affine, {"enhancement": {"mode": mode}}, 42, "sub-00")
         for mode in ("none", "contrast", "code")
     }
     p0 = (image + 1) / 2
@@ -164,7 +176,7 @@ def test_enhancement_variants_known_answers(subject):
 def test_periventricular_bias_moves_lesions_towards_the_ventricles(subject):
     image, brain, affine, _ = subject
     distances = {
-        bias: np.median(lesions.simulate_lesions(
+        bias: np.median(simulate_lesions(
             image, brain, affine, {"periventricular_bias": bias, "load_ml": 10}, 3, "sub-pv"
         ).lesions["distance_to_ventricles_mm"])
         for bias in (0.0, 1.0)
@@ -185,7 +197,7 @@ def test_same_seed_same_bytes_and_subjects_differ(tmp_path, subject):
 
     def run(name: str, subject_id: str) -> list[bytes]:
         paths = [tmp_path / name / f for f in ("image.nii.gz", "mask.nii.gz", "lesions.tsv")]
-        lesions.simulate_subject_files(*inputs, *paths, cfg=cfg, seed=42, subject=subject_id)
+        simulate_subject_files(*inputs, *paths, cfg=cfg, seed=42, subject=subject_id)
         return [p.read_bytes() for p in paths]
 
     first, second, other = run("a", "sub-01"), run("b", "sub-01"), run("c", "sub-02")
@@ -195,8 +207,8 @@ def test_same_seed_same_bytes_and_subjects_differ(tmp_path, subject):
 
 def test_subject_seed_is_platform_stable():
     expected = int.from_bytes(hashlib.sha256(b"42:sub-NDARINV0001ABCD").digest()[:8], "little")
-    assert lesions.subject_seed(42, "sub-NDARINV0001ABCD") == expected == 10416347336177625857
-    assert lesions.subject_seed(43, "sub-NDARINV0001ABCD") != expected
+    assert subject_seed(42, "sub-NDARINV0001ABCD") == expected == 10416347336177625857
+    assert subject_seed(43, "sub-NDARINV0001ABCD") != expected
 
 
 def write_library(folder, template) -> list[float]:
@@ -220,17 +232,17 @@ def write_library(folder, template) -> list[float]:
 def test_folder_source_places_user_lesions(tmp_path, subject):
     image, brain, affine, _ = subject
     volumes = write_library(tmp_path / "masks", load_template())
-    library = lesions.load_lesion_library(tmp_path / "masks", min_volume_mm3=50)
+    library = load_lesion_library(tmp_path / "masks", min_volume_mm3=50)
     assert sorted(les.volume_mm3 for les in library) == pytest.approx(sorted(volumes))
     cfg = {"source": "folder", "folder": str(tmp_path / "masks"), "load_ml": 6}
-    result = lesions.simulate_lesions(image, brain, affine, cfg, 42, "sub-01")
+    result = simulate_lesions(image, brain, affine, cfg, 42, "sub-01")
     table = result.lesions
     assert len(table) >= 3
     assert 6000 - max(volumes) <= table["volume_mm3"].sum() <= 6000
     by_name = {les.source: les.volume_mm3 for les in library}
     for _, row in table.iterrows():
         volume = by_name[row["source"]]
-        assert lesions._MIN_KEPT * volume <= row["volume_mm3"] <= volume + result.fine.voxel_volume
+        assert MIN_KEPT * volume <= row["volume_mm3"] <= volume + result.fine.voxel_volume
     assert np.bincount(result.fine_labels.ravel())[1:].sum() * result.fine.voxel_volume == pytest.approx(
         table["volume_mm3"].sum()
     )
@@ -240,48 +252,77 @@ def test_folder_source_places_user_lesions(tmp_path, subject):
 def test_coarse_user_lesion_keeps_its_volume_at_the_fine_grid(tmp_path, subject):
     """A 10 mm cube drawn at 2 mm, placed at 1 mm: its outer 1 mm lies between its edge voxel centres and
     their faces (interpolated value 0.5), so cutting at the edge centres or thresholding would keep only
-    9^3 of its 10^3 mm^3. Placed lesions keep >= _MIN_KEPT of the user's volume and never exceed it."""
+    9^3 of its 10^3 mm^3. Placed lesions keep >= MIN_KEPT of the user's volume and never exceed it."""
     image, brain, affine, _ = subject
     (tmp_path / "cube").mkdir()
     cube = np.zeros((8, 8, 8), dtype=bool)
     cube[2:7, 2:7, 2:7] = True
     io.write_nifti(cube, load_template().affine @ np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "cube" / "c.nii.gz")
     cfg = {"source": "folder", "folder": str(tmp_path / "cube"), "load_ml": 4}
-    table = lesions.simulate_lesions(image, brain, affine, cfg, 7, "sub-cube").lesions
+    table = simulate_lesions(image, brain, affine, cfg, 7, "sub-cube").lesions
     assert len(table) == 4
-    assert table["volume_mm3"].between(lesions._MIN_KEPT * 1000.0, 1000.0).all(), table["volume_mm3"]
+    assert table["volume_mm3"].between(MIN_KEPT * 1000.0, 1000.0).all(), table["volume_mm3"]
 
 
 def test_bad_parameters_raise_clear_errors(tmp_path, subject):
     image, brain, affine, _ = subject
     cases = [
-        ({"lesion_load": 20}, "lesions.lesion_load"),
+        ({"lesion_load": 20}, "lesions: unknown key(s) ['lesion_load']"),
         ({"load_ml": 400}, "lesions.load_ml"),
         ({"load_ml": -1}, "lesions.load_ml"),
         ({"enhancement": {"mode": "brighter"}}, "lesions.enhancement.mode"),
-        ({"enhancement": {"scale": 2}}, "lesions.enhancement.scale"),
+        ({"enhancement": {"scale": 2}}, "lesions.enhancement: unknown key(s) ['scale']"),
         ({"bin_weights": [1, 1]}, "lesions.bin_weights"),
         ({"size_bins_mm3": [100, 50]}, "lesions.size_bins_mm3"),
-        ({"contrast": {"t1": {"mean": 0.8}, "flair": {"mean": 1.2}}}, "lesions.contrast.flair"),
+        ({"contrast": {"t1": {"mean": 0.8}, "flair": {"mean": 1.2}}}, "lesions.contrast.flair: needs both"),
         ({"contrast": {"flair": {"mean": 1.2, "sd": 0.1}}}, "lesions.contrast.flair: not a channel"),
-        ({"contrast": {"t2": {"mean": 1.2, "spread": 0.1}}}, "lesions.contrast.t2.spread"),
+        ({"contrast": {"t2": {"mean": 1.2, "spread": 0.1}}}, "lesions.contrast.t2: unknown key(s) ['spread']"),
         ({"source": "folder"}, "lesions.folder"),
         ({"mask_threshold": 0}, "lesions.mask_threshold"),
     ]
     for cfg, key in cases:
-        with pytest.raises(io.InputError, match=key.replace(".", r"\.")):
-            lesions.simulate_lesions(image, brain, affine, cfg, 0, "sub-01")
+        with pytest.raises(io.InputError, match=re.escape(key)):
+            simulate_lesions(image, brain, affine, cfg, 0, "sub-01")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(io.InputError, match=f"lesions.folder {empty}.*no NIfTI"):
-        lesions.simulate_lesions(image, brain, affine, {"source": "folder", "folder": str(empty)}, 0, "sub-01")
+        simulate_lesions(image, brain, affine, {"source": "folder", "folder": str(empty)}, 0, "sub-01")
     specks = tmp_path / "specks"
     specks.mkdir()
     io.write_nifti(np.eye(3, dtype=bool)[:, :, None].repeat(3, axis=2), np.eye(4), specks / "m.nii.gz")
     with pytest.raises(io.InputError, match="no lesion component"):
-        lesions.simulate_lesions(image, brain, affine, {"source": "folder", "folder": str(specks)}, 0, "sub-01")
+        simulate_lesions(image, brain, affine, {"source": "folder", "folder": str(specks)}, 0, "sub-01")
     with pytest.raises(io.InputError, match="channels"):
-        lesions.simulate_lesions(image[:1], brain, affine, {}, 0, "sub-01")
+        simulate_lesions(image[:1], brain, affine, {}, 0, "sub-01")
+
+
+def test_config_defaults_match_the_schema_and_contrasts_merge_per_channel():
+    """The schema and the dataclass both describe the section; one contrast key changes only that value."""
+    config = {}
+    validate(config, str(Path(__file__).resolve().parents[1] / "config" / "schema.yaml"), set_default=True)
+    defaults = dataclasses.asdict(LesionsConfig())
+    defaults.update({key: list(defaults[key]) for key in ("size_bins_mm3", "bin_weights")})
+    assert config["lesions"] == defaults
+    cfg = LesionsConfig.from_dict({"contrast": {"t1": {"mean": 0.7}}, "enhancement": {"mode": "code"}})
+    assert cfg.contrast == {"t1": Contrast(0.7, 0.139), "t2": Contrast(1.374, 0.353)}
+    assert cfg.enhancement == Enhancement(1.5, "code")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.load_ml = 5.0
+    for bad, key in [({"grid_mm": True}, "lesions.grid_mm"), ({"wm_prior_min": 2}, "lesions.wm_prior_min"),
+                     ({"enhancement": {"factor": 0}}, "lesions.enhancement.factor"),
+                     ({"bin_weights": "even"}, "lesions.bin_weights")]:
+        with pytest.raises(io.InputError, match=re.escape(key)):
+            LesionsConfig.from_dict(bad)
+
+
+def test_size_bins_are_ms_mists_for_the_simulator_and_the_evaluation():
+    """The lesion table's bins and the evaluation's TPR-per-size bins are the same MS-MIST bins."""
+    assert LesionsConfig().size_bins_mm3[:-1] == MS_MIST_BIN_EDGES_MM3
+    assert SIZE_BIN_EDGES_MM3[1:-1] == MS_MIST_BIN_EDGES_MM3[1:]
+    edges = LesionsConfig().size_bins_mm3
+    labels = [size_bin_label(v, edges) for v in (20, 60, 100, 499, 600, 4000, 9000)]
+    assert labels == ["<50", "50-100", "100-500", "100-500", "500-1000", "1000-5000", ">5000"]
+    assert SIZE_BIN_LABELS == ("< 100", "100-500", "500-1000", "1000-5000", "> 5000")
 
 
 def test_summary_table_and_figure(tmp_path, subject):
@@ -289,9 +330,9 @@ def test_summary_table_and_figure(tmp_path, subject):
     tables, masks, images = [], [], []
     for name in ("sub-01", "sub-02"):
         paths = [tmp_path / f"{name}_{f}" for f in ("image.nii.gz", "mask.nii.gz", "lesions.tsv")]
-        result = lesions.simulate_subject_files(*inputs, *paths, cfg={"load_ml": 5}, seed=1, subject=name)
+        result = simulate_subject_files(*inputs, *paths, cfg={"load_ml": 5}, seed=1, subject=name)
         images.append(paths[0]), masks.append(paths[1]), tables.append(paths[2])
-    summary = lesions.summarise_lesions(tables, masks, images, tmp_path / "summary.tsv", tmp_path / "fig.png")
+    summary = summarise_lesions(tables, masks, images, tmp_path / "summary.tsv", tmp_path / "fig.png")
     assert list(summary["subject"]) == ["sub-01", "sub-02"]
     assert summary.iloc[1].to_dict() == pytest.approx(result.summary("sub-02"))
     assert summary.iloc[1]["load_ml_working"] == pytest.approx(result.mask.sum() * 64 / 1000.0)

@@ -4,7 +4,7 @@ input: tables, masks, images (parallel lists, one entry per lesioned subject); o
 figure (PNG); params: n_show (optional, subjects in the figure, default 4).
 """
 
-from spatial_msma.lesions import summarise_lesions
+from spatial_msma.lesions.report import summarise_lesions
 from spatial_msma.progress import script_logger
 
 sm = snakemake  # noqa: F821

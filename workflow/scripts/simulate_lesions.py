@@ -5,7 +5,7 @@ params: cfg (the ``lesions`` config section), seed (int; the per-subject seed is
 subject id); wildcards: subject.
 """
 
-from spatial_msma.lesions import simulate_subject_files
+from spatial_msma.lesions.simulate import simulate_subject_files
 from spatial_msma.progress import script_logger
 
 sm = snakemake  # noqa: F821

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -19,12 +20,16 @@ from scipy.spatial import cKDTree
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from spatial_msma.evaluation.postprocess import label_components
+from spatial_msma.lesions.size_bins import MS_MIST_BIN_EDGES_MM3
 
-# MS-MIST lesion-volume bins (mm^3): 50-100, 100-500, 500-1000, 1000-5000, >5000. The first bin starts
-# at 0 here: lesions shrink when resampled to the working grid, and every component must land in a bin.
-SIZE_BIN_EDGES_MM3: tuple[float, ...] = (0.0, 100.0, 500.0, 1000.0, 5000.0, np.inf)
-SIZE_BIN_NAMES: tuple[str, ...] = ("lt100", "100_500", "500_1000", "1000_5000", "gt5000")
-SIZE_BIN_LABELS: tuple[str, ...] = ("< 100", "100-500", "500-1000", "1000-5000", "> 5000")
+# MS-MIST's lesion-volume bins, as the simulator draws them. The first bin starts at 0 here: lesions shrink
+# when resampled to the working grid, and every component must land in a bin.
+_INNER_EDGES = MS_MIST_BIN_EDGES_MM3[1:]
+SIZE_BIN_EDGES_MM3: tuple[float, ...] = (0.0, *_INNER_EDGES, np.inf)
+SIZE_BIN_NAMES: tuple[str, ...] = (
+    f"lt{_INNER_EDGES[0]:g}", *(f"{lo:g}_{hi:g}" for lo, hi in pairwise(_INNER_EDGES)), f"gt{_INNER_EDGES[-1]:g}")
+SIZE_BIN_LABELS: tuple[str, ...] = (
+    f"< {_INNER_EDGES[0]:g}", *(f"{lo:g}-{hi:g}" for lo, hi in pairwise(_INNER_EDGES)), f"> {_INNER_EDGES[-1]:g}")
 HD_PERCENTILE = 99.0
 
 
