@@ -19,8 +19,8 @@ rule train_ae:
         "results/logs/train_ae.log",
     benchmark:
         "results/benchmarks/train_ae.tsv"
-    # 1 thread: at 2 (27 CPU-s in 41 s) it waited for two free cores until the end of the default run
-    # (started at 20:52 of 22:08, measured), as the 2-thread score norms had
+    # 1 thread: a 2-thread job waits until two cores are free at once, which on a laptop-sized run comes only
+    # at its end (timings in benchmarks/README.md)
     threads: 1
     resources:
         mem_mb=8000,

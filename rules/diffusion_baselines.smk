@@ -19,7 +19,7 @@ rule heatmap_inpaint:
         "results/logs/heatmap_inpaint/{set}.log",
     benchmark:
         "results/benchmarks/heatmap_inpaint/{set}.tsv"
-    threads: 1  # measured ~1 CPU-s per wall-s at 2 threads: 1 lets two run side by side
+    threads: 1  # a sampler keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=4000,
         runtime=120,
@@ -47,7 +47,7 @@ rule heatmap_restoration:
         "results/logs/heatmap_restoration/{set}.log",
     benchmark:
         "results/benchmarks/heatmap_restoration/{set}.tsv"
-    threads: 1  # measured ~1 CPU-s per wall-s at 2 threads: 1 lets two run side by side
+    threads: 1  # a sampler keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=4000,
         runtime=120,

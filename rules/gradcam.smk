@@ -40,7 +40,7 @@ rule heatmap_gradcam_msma:
         "results/logs/heatmap_gradcam_msma/{set}.log",
     benchmark:
         "results/benchmarks/heatmap_gradcam_msma/{set}.tsv"
-    threads: 1  # measured ~1 CPU-s per wall-s at 2 threads: 1 lets two run side by side
+    threads: 1  # keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=8000,
         runtime=60,

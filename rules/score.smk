@@ -49,8 +49,8 @@ rule score_norms:
     benchmark:
         "results/benchmarks/score_norms/{set}.tsv"
     priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
-    # 1 thread, the train set too: at 2 threads it waited 4.8 min (measured) for both cores to be free at once
-    # while 1-thread baseline jobs kept taking the one that freed up
+    # 1 thread, the train set too: a 2-thread job waits for two cores free at once while 1-thread baseline
+    # jobs keep taking the one that frees up (benchmarks/README.md)
     threads: 1
     resources:
         mem_mb=8000,
