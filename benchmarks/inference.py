@@ -4,129 +4,121 @@
     .venv/bin/python benchmarks/inference.py /tmp/wfdef --images 3 --threads 2
     .venv/bin/python benchmarks/inference.py /tmp/wfdef --config config/paper.yaml --methods inpaint restoration
 
-Each method turns one 2-channel image (+ brain mask) into its heatmap, exactly as its workflow rule does
-per image (file reading and writing excluded), with the config sections of ``--config`` (default: the
-package defaults, i.e. the default config):
+Each method is its workflow detector (:class:`spatial_msma.detector.Detector`) turning one 2-channel image
+(+ brain mask) into its heatmap, file reading and writing excluded, with the config sections of
+``--config`` (default: the package defaults, i.e. the default config). The methods are the registry's
+Table-1 rows (:mod:`spatial_msma.methods`):
 
 - Spatial-MSMA: the score norms at ``score_norms.n_levels`` levels (one batched forward) + the flow's
-  per-voxel NLL (``flow`` scoring keys);
+  per-voxel NLL (``flow`` scoring keys); the workflow reads those norms from its cache, here they are
+  computed, so the row is the cost of a new image end to end;
 - AE: one reconstruction; Inpaint, Restoration: the sampler runs of ``inpaint`` / ``restoration``;
 - GradCAM-MSMA: Guided Grad-CAM of the image-level GMM NLL (``gradcam_msma``);
 - intensity z-score: voxelwise arithmetic.
 
-Models come from the workflow directory (``results/models/...``) where they exist; a missing flow, AE or
-GradCAM GMM is replaced by an untrained one of the configured size (inference cost does not depend on the
-weights; the table says which). The score model must exist (every row but z-score and AE uses it). A
-method whose module is not in the package yet is skipped with a note. The first image is an untimed
-warm-up; the table gives the median over the timed ones and the ratio to Spatial-MSMA.
+Models come from the workflow directory (``results/models/...``) where they exist; a missing flow, AE,
+GradCAM GMM or z-score model is replaced by an untrained one of the configured size (inference cost does
+not depend on the weights; the table says which). The score model must exist (every row but z-score and
+AE uses it). The first image is an untimed warm-up; the table gives the median over the timed ones and
+the ratio to Spatial-MSMA.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import yaml
 
-from spatial_msma import io
-from spatial_msma.names import display_name
-from spatial_msma.score.network import load_score_model
+from spatial_msma.baselines.ae import AeConfig, AeDetector, AeModel, AeNet, load_ae_model
+from spatial_msma.baselines.gradcam import GradcamConfig, TorchGmm, build_detector, load_gradcam_detector
+from spatial_msma.baselines.inpaint import InpaintDetector
+from spatial_msma.baselines.restoration import RestorationDetector
+from spatial_msma.baselines.zscore import ZscoreDetector
+from spatial_msma.detector import Case, Detector, read_case
+from spatial_msma.flow.config import FlowConfig
+from spatial_msma.flow.data import SubjectData, transform_norms
+from spatial_msma.flow.heatmap import DensityModel, load_density_model, subject_heatmap
+from spatial_msma.flow.model import ModelMeta, SpatialFlow
+from spatial_msma.methods import display_name, table1_keys
+from spatial_msma.score.msma import select_levels
+from spatial_msma.score.network import ScoreModel, load_score_model
+from spatial_msma.score.norms import NormsConfig, score_norms
 
-METHODS = ["spatial_msma", "ae", "inpaint", "restoration", "gradcam_msma", "zscore"]
+METHODS = table1_keys()
 
 
-def available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+@dataclass(frozen=True)
+class EndToEndSpatialMsma:
+    """Spatial-MSMA on an image no cache holds yet: its score norms, then the flow's heatmap."""
+
+    score_model: ScoreModel
+    sigmas: np.ndarray
+    norms_cfg: NormsConfig
+    flow: DensityModel
+    train_cfg: FlowConfig
+    scoring: FlowConfig
+    label: ClassVar[str] = "Spatial-MSMA"
+    steps_per_image: ClassVar[int] = 1
+
+    def settings(self) -> str:
+        return f"{len(self.sigmas)} levels"
+
+    def heatmap(self, case: Case) -> np.ndarray:
+        patch, _ = score_norms(self.score_model, case.image, self.sigmas, self.norms_cfg.channel_reduction,
+                               self.norms_cfg.batch_levels)
+        levels = np.asarray(self.flow.meta.levels)
+        features = transform_norms(patch[levels][:, case.brain].T, self.train_cfg.log_transform,
+                                   self.train_cfg.log_eps)
+        data = SubjectData(case.subject, np.ascontiguousarray(features), np.argwhere(case.brain).astype(np.int64),
+                           case.image, case.brain, case.affine, self.sigmas)
+        s = self.scoring
+        return subject_heatmap(self.flow, data, s.one_sided, s.chunk_voxels, torch.device("cpu"), s.mode_stride,
+                               s.heatmap_jacobian)
 
 
-def spatial_msma_fn(workdir: Path, cfg: dict, score_model, shape, affine) -> tuple[Callable, str]:
-    from spatial_msma.flow.config import FlowConfig
-    from spatial_msma.flow.data import SubjectData, transform_norms
-    from spatial_msma.flow.heatmap import load_density_model, subject_heatmap
-    from spatial_msma.flow.model import ModelMeta, SpatialFlow
-    from spatial_msma.score.norms import NormsConfig, score_norms
-
+def spatial_msma(workdir: Path, cfg: dict, score_model: ScoreModel, case: Case) -> tuple[Detector, str]:
     norms_cfg = NormsConfig.from_dict(cfg.get("score_norms"))
     flow_cfg = FlowConfig.from_dict(cfg.get("flow"))
     sigmas = score_model.sde.levels(norms_cfg.n_levels, norms_cfg.t_min, norms_cfg.t_max)
     path = workdir / "results/models/spatial_msma/model.pt"
-    source = "trained"
     if path.exists():
         flow, train_cfg = load_density_model(path)
-        if tuple(flow.meta.shape) != tuple(shape) or len(flow.meta.sigmas) != len(sigmas):
+        if tuple(flow.meta.shape) != case.brain.shape or len(flow.meta.sigmas) != len(sigmas):
             raise SystemExit(f"{path}: grid or levels differ from the score norms configured here")
+        source = "trained"
     else:
         levels = list(range(len(sigmas)))
-        meta = ModelMeta(levels=levels, sigmas=[float(s) for s in sigmas], shape=tuple(shape),
-                         affine=np.asarray(affine).tolist(), in_channels=2, feature_mean=[0.0] * len(levels),
-                         feature_std=[1.0] * len(levels))
+        meta = ModelMeta(levels=levels, sigmas=[float(s) for s in sigmas], shape=case.brain.shape,
+                         affine=np.asarray(case.affine).tolist(), in_channels=case.image.shape[0],
+                         feature_mean=[0.0] * len(levels), feature_std=[1.0] * len(levels))
         flow, train_cfg, source = SpatialFlow(flow_cfg, meta).eval(), flow_cfg, "untrained"
-    levels = np.asarray(flow.meta.levels)
-    device = torch.device("cpu")
-
-    def run(image: np.ndarray, brain: np.ndarray, subject: str) -> np.ndarray:
-        patch, _ = score_norms(score_model, image, sigmas, norms_cfg.channel_reduction, norms_cfg.batch_levels)
-        features = transform_norms(patch[levels][:, brain].T, train_cfg.log_transform, train_cfg.log_eps)
-        data = SubjectData(subject, np.ascontiguousarray(features), np.argwhere(brain).astype(np.int64), image,
-                           brain, np.asarray(affine), np.asarray(sigmas))
-        return subject_heatmap(flow, data, flow_cfg.one_sided, flow_cfg.chunk_voxels, device, flow_cfg.mode_stride,
-                               flow_cfg.heatmap_jacobian)
-
-    return run, f"{source} flow, {len(sigmas)} levels"
+    detector = EndToEndSpatialMsma(score_model, sigmas, norms_cfg, flow, train_cfg, flow_cfg)
+    return detector, f"{source} flow, {len(sigmas)} levels"
 
 
-def ae_fn(workdir: Path, cfg: dict, shape) -> tuple[Callable, str]:
-    from spatial_msma.baselines.ae import AeConfig, AeNet, ae_heatmap, load_ae_model
-
-    ae_cfg = AeConfig.from_dict(cfg.get("ae"))
+def ae(workdir: Path, cfg: dict, case: Case) -> tuple[Detector, str]:
     path = workdir / "results/models/ae/model.pt"
+    ae_cfg = AeConfig.from_dict(cfg.get("ae"))
     if path.exists():
-        model, source = load_ae_model(path), "trained"
-    else:
-        torch.manual_seed(0)
-        model, source = AeNet(2, tuple(shape), ae_cfg).eval(), "untrained"
-
-    def run(image: np.ndarray, brain: np.ndarray, subject: str) -> np.ndarray:
-        return ae_heatmap(model, image, brain, ae_cfg.error)
-
-    return run, f"{source} AE"
+        return AeDetector(load_ae_model(path), ae_cfg.error), "trained AE"
+    torch.manual_seed(0)
+    net = AeNet(case.image.shape[0], case.brain.shape, ae_cfg).eval()
+    return AeDetector(AeModel(net, {}), ae_cfg.error), "untrained AE"
 
 
-def sampler_fn(method: str, cfg: dict, score_model, seed: int) -> tuple[Callable, str]:
-    if method == "inpaint":
-        from spatial_msma.baselines.inpaint import InpaintConfig, inpaint_heatmap
-
-        c = InpaintConfig.from_dict(cfg.get("inpaint"))
-        heat = inpaint_heatmap
-    else:
-        from spatial_msma.baselines.restoration import RestorationConfig, restoration_heatmap
-
-        c = RestorationConfig.from_dict(cfg.get("restoration"))
-        heat = restoration_heatmap
-
-    def run(image: np.ndarray, brain: np.ndarray, subject: str) -> np.ndarray:
-        return heat(score_model, image, brain, c, seed, subject)
-
-    return run, (f"{c.runs} runs x {c.steps} steps (+{c.corrector_steps} corrector), batch {c.batch_size}: "
-                 f"{c.evaluations_per_volume()} network evaluations")
+def sampler(detector: InpaintDetector | RestorationDetector) -> tuple[Detector, str]:
+    c = detector.cfg
+    return detector, (f"{c.runs} runs x {c.steps} steps (+{c.corrector_steps} corrector), batch {c.batch_size}: "
+                      f"{c.evaluations_per_volume()} network evaluations")
 
 
-def gradcam_fn(workdir: Path, cfg: dict, model_path: Path) -> tuple[Callable, str]:
-    from spatial_msma.baselines.gradcam import (
-        GradcamConfig,
-        TorchGmm,
-        build_detector,
-        gradcam_heatmap,
-        load_gradcam_detector,
-    )
-    from spatial_msma.score.msma import select_levels
-    from spatial_msma.score.norms import NormsConfig
-
+def gradcam(workdir: Path, cfg: dict, model_path: Path) -> tuple[Detector, str]:
     g_cfg = GradcamConfig.from_dict(cfg.get("gradcam_msma"))
     gmm_path = workdir / "results/models/gradcam_msma/gmm.npz"
     if gmm_path.exists():
@@ -139,29 +131,16 @@ def gradcam_fn(workdir: Path, cfg: dict, model_path: Path) -> tuple[Callable, st
         d = len(sigmas)
         gmm = TorchGmm(np.ones(1), np.zeros((1, d)), np.eye(d)[None])
         detector, source = build_detector(model.net, gmm, sigmas, g_cfg.layer, g_cfg.guided_silu), "standard-normal"
-
-    def run(image: np.ndarray, brain: np.ndarray, subject: str) -> np.ndarray:
-        return gradcam_heatmap(detector, image, brain)[0]
-
-    return run, f"{source} GMM, {len(detector.nll.sigmas)} levels, layer {detector.layer_name}"
+    return detector, f"{source} GMM, {len(detector.nll.sigmas)} levels, layer {detector.layer_name}"
 
 
-def zscore_fn(workdir: Path, images: list[np.ndarray]) -> tuple[Callable, str]:
-    from spatial_msma.zscore import zscore_heatmap
-
+def zscore(workdir: Path, cases: list[Case]) -> tuple[Detector, str]:
     path = workdir / "results/models/zscore/model.npz"
     if path.exists():
-        model, source = dict(np.load(path)), "trained"
-    else:
-        stack = np.stack(images).astype(np.float64)
-        model = {"mean": stack.mean(0).astype(np.float32),
-                 "sd": np.maximum(stack.std(0), 0.05).astype(np.float32)}
-        source = "fitted on the benchmark images"
-
-    def run(image: np.ndarray, brain: np.ndarray, subject: str) -> np.ndarray:
-        return zscore_heatmap(image, brain, model)
-
-    return run, f"{source} mean/SD"
+        return ZscoreDetector.load(path), "trained mean/SD"
+    stack = np.stack([c.image for c in cases]).astype(np.float64)
+    detector = ZscoreDetector(stack.mean(0).astype(np.float32), np.maximum(stack.std(0), 0.05).astype(np.float32))
+    return detector, "mean/SD fitted on the benchmark images"
 
 
 def main() -> None:
@@ -183,41 +162,33 @@ def main() -> None:
     chosen = pool[:max(args.images, 2)]
     if len(chosen) < 2 or not model_path.exists():
         raise SystemExit(f"{work}: need results/models/score/model.pt and at least 2 images")
-    volumes = []
+    cases = []
     for path in chosen:
         subject = path.name.split("_image")[0].removesuffix(".nii.gz")
-        image, affine = io.read_channels(path)
-        brain, _ = io.read_mask(work / "results/cropped" / f"{subject}_brainmask.nii.gz")
-        volumes.append((subject, image, brain))
-    shape = volumes[0][1].shape[1:]
+        cases.append(read_case(path, work / "results/cropped" / f"{subject}_brainmask.nii.gz"))
     score_model = load_score_model(model_path)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {len(volumes)} images of {shape} "
-          f"from {work} ({len(volumes) - 1} timed after 1 warm-up)", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {len(cases)} images of "
+          f"{cases[0].brain.shape} from {work} ({len(cases) - 1} timed after 1 warm-up)", flush=True)
 
     builders = {
-        "spatial_msma": ("spatial_msma.flow", lambda: spatial_msma_fn(work, cfg, score_model, shape, affine)),
-        "ae": ("spatial_msma.baselines.ae", lambda: ae_fn(work, cfg, shape)),
-        "inpaint": ("spatial_msma.baselines.inpaint", lambda: sampler_fn("inpaint", cfg, score_model, args.seed)),
-        "restoration": ("spatial_msma.baselines.restoration",
-                        lambda: sampler_fn("restoration", cfg, score_model, args.seed)),
-        "gradcam_msma": ("spatial_msma.baselines.gradcam", lambda: gradcam_fn(work, cfg, model_path)),
-        "zscore": ("spatial_msma.zscore", lambda: zscore_fn(work, [v[1] for v in volumes])),
+        "spatial_msma": lambda: spatial_msma(work, cfg, score_model, cases[0]),
+        "ae": lambda: ae(work, cfg, cases[0]),
+        "inpaint": lambda: sampler(InpaintDetector.load(model_path, cfg.get("inpaint"), args.seed)),
+        "restoration": lambda: sampler(RestorationDetector.load(model_path, cfg.get("restoration"), args.seed)),
+        "gradcam_msma": lambda: gradcam(work, cfg, model_path),
+        "zscore": lambda: zscore(work, cases),
     }
     rows = []
     for method in args.methods:
-        module, build = builders[method]
-        if not available(module):
-            print(f"note: {display_name(method)} skipped: {module} is not in the package yet", flush=True)
-            continue
-        run, detail = build()
+        detector, detail = builders[method]()
         times = []
-        for k, (subject, image, brain) in enumerate(volumes):
+        for k, case in enumerate(cases):
             t0 = time.perf_counter()
-            heat = run(image, brain, subject)
+            heat = detector.heatmap(case)
             if k:
                 times.append(time.perf_counter() - t0)
-            if heat.shape != brain.shape or not np.isfinite(heat).all():
-                raise SystemExit(f"{method}: bad heatmap for {subject}")
+            if heat.shape != case.brain.shape or not np.isfinite(heat).all():
+                raise SystemExit(f"{method}: bad heatmap for {case.subject}")
         rows.append((method, float(np.median(times)), detail))
         print(f"  {display_name(method)}: {rows[-1][1]:.3g} s per volume ({detail})", flush=True)
 

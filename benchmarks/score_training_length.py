@@ -29,9 +29,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.evaluation.metrics import voxel_auroc_auprc
-from spatial_msma.flow.heatmap import write_heatmaps
+from spatial_msma.flow.heatmap import FlowDetector
 from spatial_msma.flow.train import train_flow
+from spatial_msma.methods import flow_keys, flow_section
 from spatial_msma.progress import script_logger
 from spatial_msma.score.diagnostics import write_level_diagnostics
 from spatial_msma.score.norms import compute_score_norm_cache
@@ -91,12 +93,11 @@ def run(args: argparse.Namespace) -> None:
         manifests = {}
         for name, (images, ids) in sets.items():
             manifests[name] = step_dir / "norms" / name / "manifest.tsv"
-            compute_score_norm_cache(step_dir / "model.pt", images, brain[name], None, norms_cfg, logger,
-                                     manifest=manifests[name], subjects=ids)
+            compute_score_norm_cache(step_dir / "model.pt", images, brain[name], manifests[name], ids, norms_cfg,
+                                     logger)
         levels = write_level_diagnostics(
-            {"val": ([manifests["val_lesioned"]], [manifests["val"]], val_lesion_masks)}, [manifests["train"]],
+            {"val": (manifests["val_lesioned"], manifests["val"], val_lesion_masks)}, manifests["train"],
             step_dir / "score_levels.csv", step_dir / "score_levels.png", seed=seed)
-        norm_files = {name: [step_dir / "norms" / name / f"{s}.npz" for s in ids] for name, (_, ids) in sets.items()}
         row = {"steps": steps, "train_s_cumulative": round(train_seconds, 1),
                "val_loss": float(pd.read_csv(step_dir / "training_log.csv")["val_loss"].dropna().iloc[-1]),
                "level_auroc_std_mean": float(levels["voxel_auroc_standardised"].mean()),
@@ -110,12 +111,12 @@ def run(args: argparse.Namespace) -> None:
             name = method if flow_steps is None else f"{method}_flow{flow_steps}"
             model = step_dir / name / "model.pt"
             cfg = flow_cfg if flow_steps is None else {**flow_cfg, "steps": flow_steps}
-            train_flow(norm_files["train"], sets["train"][0], norm_files["val"], sets["val"][0], model,
+            train_flow(manifests["train"], sets["train"][0], manifests["val"], sets["val"][0], model,
                        step_dir / name / "checkpoints", step_dir / name / "log.csv", step_dir / name / "log.png",
-                       cfg=cfg, seed=seed, method=method, logger=logger)
+                       cfg=flow_section(cfg, method), seed=seed, logger=logger)
+            write_set_heatmaps(FlowDetector.load(model, cfg, manifests["val_lesioned"]), sets["val_lesioned"][0],
+                               brain["val_lesioned"], step_dir / name, logger)
             heatmaps = [step_dir / name / f"{s}.nii.gz" for s in val_ids]
-            write_heatmaps(model, norm_files["val_lesioned"], sets["val_lesioned"][0], heatmaps, cfg=cfg,
-                           logger=logger)
             row[f"{name}_val_voxel_auroc"] = mean_voxel_auroc(heatmaps, val_lesion_masks, brain["val_lesioned"])
             pd.DataFrame(rows).to_csv(out / "summary.csv", index=False)  # after each model: a cut-off run keeps it
         logger.info("steps %d: %s", steps, row)
@@ -132,7 +133,7 @@ def main() -> None:
     go.add_argument("config", help="JSON from the config command")
     go.add_argument("out_dir")
     go.add_argument("--steps", type=int, nargs="+", default=[300, 1000, 3000])
-    go.add_argument("--methods", nargs="+", default=["voxel_gaussian", "spatial_msma"])
+    go.add_argument("--methods", nargs="+", choices=flow_keys(), default=["voxel_gaussian", "spatial_msma"])
     go.add_argument("--flow-steps", type=int, nargs="+", help="flow training lengths to try (default: the config's)")
     go.add_argument("--device", default="auto")
     go.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from spatial_msma.methods import keys
+
 #: (column, header, higher is better) for the Markdown tables and the ranking.
 METRICS = [
     ("hd99_mean", "99-HD", False),
@@ -27,8 +29,8 @@ METRICS = [
     ("image_auroc", "image AUROC", True),
 ]
 PROTOCOLS = {"table1.csv": "oracle", "table1_fpr05.csv": "5 % FPR", "table1_fpr10.csv": "10 % FPR"}
-FOCUS = "spatial_msma"
-FLOOR = "zscore"
+(FOCUS,) = keys("spatial_msma")
+(FLOOR,) = keys("floor")
 
 
 def metric_table(frame: pd.DataFrame) -> str:

@@ -10,6 +10,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 # The package's pure-Python modules (no torch) are read at parse time: code inputs, method keys.
 sys.path.insert(0, str(PACKAGE.parent))
 from spatial_msma.config_scopes import scope  # noqa: E402
+from spatial_msma.methods import flow_keys, flow_section  # noqa: E402
 from spatial_msma.script_modules import modules_run_by  # noqa: E402
 SYNTHETIC_BIDS = "resources/synthetic/bids"
 
@@ -76,7 +77,7 @@ def subject_scans(wildcards):
 # Image sets every detector is run on. Lesioned sets: the test split (scored once, at the end) and the
 # validation split with lesions from another seed (for choices that must not look at test lesions).
 # Density models on cached score norms: Spatial-MSMA and its ablations (one model file and heatmap set each).
-FLOW_METHODS = ["spatial_msma", "spatial_msma_nopos", "spatial_msma_noglobal", "spatial_msma_gmm", "voxel_gaussian"]
+FLOW_METHODS = flow_keys()
 
 IMAGE_SETS = {
     "train": ("train", False),
@@ -121,8 +122,3 @@ def gpu_count(section):
     """GPUs a stage asks the scheduler for: one when the run uses GPUs (config use_gpu) and the stage's section
     does not pin the CPU, else none (an unprovided resource breaks the --cores limit of the ILP scheduler)."""
     return int(config["use_gpu"] and config[section].get("device", "auto") != "cpu")
-
-
-def norm_files(image_set):
-    """The score-norm cache files written beside a set's manifest, in the set's subject order."""
-    return [f"results/score_norms/{image_set}/{s}.npz" for s in set_subjects(image_set)]

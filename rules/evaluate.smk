@@ -1,14 +1,15 @@
 # Evaluation: the same thresholds, post-processing and metrics for every detector, then Table 1 and figures.
-from spatial_msma.names import protocol_name  # noqa: E402  (pure Python, no heavy imports)
+from spatial_msma.methods import keys  # noqa: E402  (pure Python, no heavy imports)
+from spatial_msma.protocols import protocol_name  # noqa: E402
 
 PROTOCOLS = ["oracle"] + [protocol_name(level) for level in config["evaluation"]["fpr_levels"]]
 METHODS = config["methods"]
 # The ablation table: Spatial-MSMA, its ablations and the per-voxel Gaussian, with the z-score floor.
-ABLATION_METHODS = ["zscore", *FLOW_METHODS]
+ABLATION_METHODS = keys("floor", "spatial_msma", "ablation")
 # Validation (lesioned val split, oracle protocol): Spatial-MSMA and the z-score floor (what choices are made
 # on), the learned baselines unless diagnostics.validation_baselines is off, and the ablations when on.
 VALIDATION_METHODS = list(dict.fromkeys(
-    [m for m in METHODS if config["diagnostics"]["validation_baselines"] or m in ("zscore", "spatial_msma")]
+    [m for m in METHODS if config["diagnostics"]["validation_baselines"] or m in keys("floor", "spatial_msma")]
     + (ABLATION_METHODS if config["diagnostics"]["ablations"] else [])
 ))
 

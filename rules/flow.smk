@@ -1,7 +1,6 @@
 # Spatial-MSMA: the conditional flow on patch score norms (and its ablations), then per-voxel NLL heatmaps.
 
 
-
 rule train_flow:
     input:
         train_manifest="results/score_norms/train/manifest.tsv",
@@ -17,18 +16,15 @@ rule train_flow:
     wildcard_constraints:
         method="|".join(FLOW_METHODS),
     params:
-        cfg=section_scope("flow", "training"),
-        method="{method}",
+        cfg=lambda wc: flow_section(section_scope("flow", "training"), wc.method),
         seed=config["seed"],
         checkpoint_dir="results/checkpoints/{method}",
-        train_norms=lambda wc: norm_files("train"),
-        val_norms=lambda wc: norm_files("val"),
     log:
         "results/logs/train_flow/{method}.log",
     benchmark:
         "results/benchmarks/train_flow/{method}.tsv"
     priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
-    # One thread: on 2 cores the flow's small matrices ran 18x slower per step with two.
+    # One thread: the flow's matrices are small, so a second thread costs more in synchronisation than it buys.
     threads: 1
     resources:
         mem_mb=8000,
@@ -45,6 +41,7 @@ rule heatmap_flow:
         model="results/models/{method}/model.pt",
         norms_manifest="results/score_norms/{set}/manifest.tsv",
         images=lambda wc: set_images(wc.set),
+        masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_flow.py"),
     output:
         directory("results/heatmaps/{method}/{set}"),
@@ -52,8 +49,6 @@ rule heatmap_flow:
         method="|".join(FLOW_METHODS),
     params:
         cfg=section_scope("flow", "heatmap"),
-        norms=lambda wc: norm_files(wc.set),
-        heatmaps=lambda wc: heatmap_files(wc.method, wc.set),
     log:
         "results/logs/heatmap_flow/{method}_{set}.log",
     benchmark:

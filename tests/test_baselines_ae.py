@@ -1,13 +1,7 @@
 """The AE baseline for real on tiny volumes: config errors, training, resume after SIGKILL, and a heatmap
 that finds an inserted blob."""
 
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -15,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from training_checks import assert_resumed_like_a_straight_run, kill_after_first_checkpoint, same_weights, weights
 
 from spatial_msma import io
-from spatial_msma.baselines.ae import AeConfig, ae_heatmap, load_ae_model, train_ae, write_ae_heatmaps
+from spatial_msma.baselines.ae import AeConfig, AeDetector, ae_heatmap, load_ae_model, train_ae
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError
 
 torch.set_num_threads(1)
@@ -78,14 +74,6 @@ def run(data, out: Path, cfg=CFG, seed=7, logger=None):
              logger)
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-def same_weights(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("bad, key", [
     ({"stepz": 3}, "stepz"),
     ({"error": "l2"}, "error"),
@@ -125,16 +113,6 @@ def test_training_lowers_the_loss_and_writes_model_log_figure(data, tmp_path):
     assert same_weights(model.net.state_dict(), {k: v for k, v in weights(tmp_path / "model.pt").items()})
 
 
-CHILD = """
-import json, sys, torch
-torch.set_num_threads(1)
-from spatial_msma.progress import script_logger
-from spatial_msma.baselines.ae import train_ae
-args = json.loads(open(sys.argv[1]).read())
-train_ae(**args, logger=script_logger(args["model_out"] + ".log"))
-"""
-
-
 def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(data, tmp_path, caplog):
     cfg = {**CFG, "steps": 400, "checkpoint_every": 4, "val_every": 50}
     out = tmp_path / "killed"
@@ -142,35 +120,16 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     args = {"train_images": data["train"], "val_images": data["val"], "model_out": str(out / "model.pt"),
             "log_out": str(out / "log.csv"), "figure_out": None, "checkpoint_dir": str(out / "ck"),
             "cfg": cfg, "seed": 7}
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "args.json")],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240  # a guard against a hang, not a timing assertion
-    while not list((out / "ck").glob("step_*.pt")) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (out / "model.pt").exists()
-    killed_at = max(int(p.stem.split("_")[1]) for p in (out / "ck").glob("step_*.pt"))
+    killed_at = kill_after_first_checkpoint("spatial_msma.baselines.ae", "train_ae", args, out / "ck")
     assert 4 <= killed_at < 400
 
     # the rerun (as Snakemake would start it: same arguments) continues from the checkpoint ...
     cfg_short = {**cfg, "steps": killed_at + 8}  # ... and `steps` may change without invalidating it
     caplog.set_level(logging.INFO, logger="rerun")
     train_ae(**{**args, "cfg": cfg_short}, logger=logging.getLogger("rerun"))
-    assert f"resuming from {out / 'ck'}/step_{killed_at:09d}.pt (step {killed_at})" in caplog.text
-    assert f"steps {killed_at}..{killed_at + 8}" in caplog.text
     assert "AE training: step" in caplog.text and "steps/s, ETA" in caplog.text
-    log = pd.read_csv(out / "log.csv")
-    assert log["step"].tolist() == list(range(1, killed_at + 9))  # rows past the checkpoint were dropped
-
-    straight = tmp_path / "straight"
-    train_ae(data["train"], data["val"], straight / "model.pt", straight / "log.csv", None, straight / "ck",
-             cfg_short, 7)
-    assert same_weights(weights(out / "model.pt"), weights(straight / "model.pt"))
-    assert (out / "log.csv").read_bytes() == (straight / "log.csv").read_bytes()
+    run(data, tmp_path / "straight", cfg_short)
+    assert_resumed_like_a_straight_run(caplog.text, out, tmp_path / "straight", killed_at, killed_at + 8)
 
 
 def test_checkpoints_of_another_configuration_are_not_resumed(data, tmp_path):
@@ -220,7 +179,8 @@ def test_write_heatmaps_names_files_by_subject_with_the_image_affine(data, train
     model, _ = trained
     model_path = tmp_path / "model.pt"
     torch.save({**model.meta, "state_dict": model.net.state_dict()}, model_path)
-    write_ae_heatmaps(model_path, data["val"], data["masks"][6:], tmp_path / "heat", {**CFG, "error": "squared"})
+    detector = AeDetector.load(model_path, {**CFG, "error": "squared"})
+    write_set_heatmaps(detector, data["val"], data["masks"][6:], tmp_path / "heat")
     written = sorted(p.name for p in (tmp_path / "heat").iterdir())
     assert written == ["sub-06.nii.gz", "sub-07.nii.gz"]
     img = nib.load(tmp_path / "heat" / "sub-06.nii.gz")

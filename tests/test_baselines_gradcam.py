@@ -17,13 +17,15 @@ from spatial_msma.baselines.gradcam import (
     build_detector,
     fit_gradcam_gmm,
     gradcam_heatmap,
+    load_gradcam_detector,
     read_gradcam_gmm,
-    write_gradcam_heatmaps,
 )
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError
+from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.msma import image_features
 from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreModel, ScoreNet
-from spatial_msma.score.norms import score_norms, write_norm_cache
+from spatial_msma.score.norms import score_norms
 from spatial_msma.score.sde import VESDE
 
 torch.set_num_threads(1)
@@ -128,16 +130,17 @@ def setup(tmp_path_factory):
                 "state_dict": net.state_dict()}, model_path)
     sigmas = sde.levels(3, 0.0, 0.6)
     rng = np.random.default_rng(1)
-    caches = []
+    manifest = out / "norms" / "manifest.tsv"
+    subjects = [f"sub-{i:02d}" for i in range(8)]
 
     holder = ScoreModel(net=net, sde=sde, meta={})
-    for i in range(8):
+    for subject in subjects:
         image = make_image(rng)
         patch, whole = score_norms(holder, image, sigmas, "sum")
-        caches.append(out / "norms" / f"sub-{i:02d}.npz")
-        write_norm_cache(caches[-1], patch, whole, sigmas, brain_mask(), AFFINE)
+        write_norm_cache(cache_path(manifest, subject), patch, whole, sigmas, brain_mask(), AFFINE)
+    write_manifest(manifest, subjects, [f"{subject}.nii.gz" for subject in subjects])
     cfg = GradcamConfig.from_dict({"n_levels": None, "device": "cpu"})
-    sk = fit_gradcam_gmm(caches, out / "gmm.npz", cfg, seed=0)
+    sk = fit_gradcam_gmm(manifest, out / "gmm.npz", cfg, seed=0)
     gmm, gmm_sigmas = read_gradcam_gmm(out / "gmm.npz")
     return {"out": out, "net": net, "sigmas": sigmas, "gmm": gmm, "gmm_sigmas": gmm_sigmas, "sk": sk,
             "model_path": model_path, "holder": holder, "cfg": cfg, "rng": rng}
@@ -195,7 +198,8 @@ def test_write_heatmaps_from_files(setup, tmp_path):
         io.write_channels(image, AFFINE, images[-1])
         io.write_nifti(brain_mask(), AFFINE, masks[-1])
     cfg = {"n_levels": None, "layer": "unet.up_blocks.1", "device": "cpu"}
-    write_gradcam_heatmaps(setup["model_path"], setup["out"] / "gmm.npz", images, masks, tmp_path / "heat", cfg)
+    detector = load_gradcam_detector(setup["model_path"], setup["out"] / "gmm.npz", cfg)
+    write_set_heatmaps(detector, images, masks, tmp_path / "heat")
     assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == ["sub-00.nii.gz", "sub-01.nii.gz"]
     img = nib.load(tmp_path / "heat" / "sub-01.nii.gz")
     assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)

@@ -98,3 +98,25 @@ def test_a_relative_import_outside_the_package_is_an_error(tmp_path):
     script.write_text("from . import x\n")
     with pytest.raises(ValueError, match="relative import"):
         modules_run_by(script, tmp_path / "spatial_msma")
+
+
+def test_imports_for_type_checking_only_are_not_code_inputs(tmp_path):
+    """A detector module names the detector interface only in annotations: editing the interface must not
+    retrain the model whose module it is."""
+    package = tmp_path / "spatial_msma"
+    package.mkdir()
+    files = {
+        "__init__.py": "",
+        "model.py": "from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n"
+                    "    from spatial_msma import interface\nelse:\n    from spatial_msma import runs\n"
+                    "if typing.TYPE_CHECKING:\n    from spatial_msma import other\n",
+        "interface.py": "",
+        "other.py": "",
+        "runs.py": "",
+    }
+    for name, text in files.items():
+        (package / name).write_text(text)
+    script = tmp_path / "script.py"
+    script.write_text("from spatial_msma.model import x\n")
+    found = {p.relative_to(package).as_posix() for p in modules_run_by(script, package)}
+    assert found == {"__init__.py", "model.py", "runs.py"}

@@ -9,12 +9,13 @@ from torch import nn
 from spatial_msma import io
 from spatial_msma.baselines.inpaint import (
     InpaintConfig,
+    InpaintDetector,
     checkerboard_masks,
     inpaint_heatmap,
-    write_inpaint_heatmaps,
 )
-from spatial_msma.baselines.restoration import RestorationConfig, restoration_heatmap, write_restoration_heatmaps
+from spatial_msma.baselines.restoration import RestorationConfig, RestorationDetector, restoration_heatmap
 from spatial_msma.baselines.sampling import generators_for, pc_sample, run_seed, sigma_grid
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError
 from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreModel, ScoreNet
 from spatial_msma.score.sde import VESDE
@@ -205,16 +206,17 @@ def test_writers_make_one_brain_masked_nifti_per_subject(tmp_path):
         io.write_nifti(brain, affine, tmp_path / f"{subject}_brainmask.nii.gz")
         images.append(tmp_path / f"{subject}.nii.gz")
         masks.append(tmp_path / f"{subject}_brainmask.nii.gz")
-    for name, writer, cfg in (("inpaint", write_inpaint_heatmaps, {"runs": 2, "steps": 2, "cube_size": 2}),
-                              ("restoration", write_restoration_heatmaps, {"runs": 2, "steps": 2})):
+    for name, detector_cls, cfg in (("inpaint", InpaintDetector, {"runs": 2, "steps": 2, "cube_size": 2}),
+                                    ("restoration", RestorationDetector, {"runs": 2, "steps": 2})):
         out = tmp_path / name
-        writer(model_path, images, masks, out, {**cfg, "device": "cpu"}, seed=3)
+        detector = detector_cls.load(model_path, {**cfg, "device": "cpu"}, seed=3)
+        write_set_heatmaps(detector, images, masks, out)
         assert sorted(p.name for p in out.iterdir()) == ["sub-01.nii.gz", "sub-02.nii.gz"]
         heat, aff = io.load_nifti(out / "sub-01.nii.gz").get_fdata(), io.load_nifti(out / "sub-01.nii.gz").affine
         np.testing.assert_array_equal(aff, affine)
         assert heat.shape == SHAPE and (heat[~brain] == 0).all() and heat[brain].max() > 0
     with pytest.raises(InputError, match="brain masks"):
-        write_restoration_heatmaps(model_path, images, masks[:1], tmp_path / "bad", {}, seed=3)
+        write_set_heatmaps(RestorationDetector.load(model_path, {}, seed=3), images, masks[:1], tmp_path / "bad")
 
 
 @pytest.mark.parametrize("cls, section, bad, key", [

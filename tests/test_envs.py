@@ -9,7 +9,6 @@ Conda channels are not reachable here, so the envs are never built: this parses 
 - every env file is used by a rule (no dead env files).
 """
 
-import ast
 import re
 import sys
 import tomllib
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from packaging.requirements import Requirement
+
+from spatial_msma.script_modules import imported_names, modules_run_by
 
 REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "envs"
@@ -117,41 +118,12 @@ def _rules():
     return out
 
 
-def _module_file(module):
-    base = REPO / "src" / Path(*module.split("."))
-    for candidate in (base / "__init__.py", base.with_suffix(".py")):
-        if candidate.exists():
-            return candidate
-    return None
-
-
 def third_party_imports(script):
-    """Top-level third-party modules a script imports, following spatial_msma's own modules."""
-    seen, found, todo = set(), set(), [(script, "spatial_msma")]
-    while todo:
-        path, package = todo.pop()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + [node.module or ""]) if node.level \
-                    else node.module
-                base = base.strip(".")
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top == "spatial_msma":
-                    module_file = _module_file(name)
-                    if module_file and module_file not in seen:
-                        seen.add(module_file)
-                        inner = name if module_file.name == "__init__.py" else name.rpartition(".")[0]
-                        todo.append((module_file, inner))
-                elif top not in sys.stdlib_module_names and top != "snakemake":
-                    found.add(IMPORT_NAMES.get(top, top))
-    return found
+    """Top-level third-party modules a script imports, itself or through the package modules it runs."""
+    files = [script, *modules_run_by(script, REPO / "src" / "spatial_msma")]
+    tops = {name.split(".")[0] for path in files for name in imported_names(path, REPO / "src" / "spatial_msma")}
+    return {IMPORT_NAMES.get(top, top) for top in tops
+            if top not in sys.stdlib_module_names and top not in ("spatial_msma", "snakemake")}
 
 
 RULES = _rules()

@@ -23,7 +23,8 @@ from spatial_msma.evaluation.pipeline import Case, evaluate_subject
 from spatial_msma.evaluation.postprocess import brain_rim, post_process, prepare_reference, segment
 from spatial_msma.evaluation.thresholds import fpr_thresholds, oracle_threshold
 from spatial_msma.io import InputError
-from spatial_msma.names import method_order, protocol_name
+from spatial_msma.methods import method_order
+from spatial_msma.protocols import protocol_name
 
 # MONAI warns about its own internal use of a deprecated argument when called directly below
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")

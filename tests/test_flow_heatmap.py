@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
+from synthetic_norms import SyntheticSet, write_synthetic_set
 
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.flow.data import load_subject
-from spatial_msma.flow.heatmap import flow_space_mode_map, load_density_model, subject_heatmap, write_heatmaps
-from spatial_msma.flow.synthetic_norms import write_synthetic_set
+from spatial_msma.flow.heatmap import FlowDetector, flow_space_mode_map, load_density_model, subject_heatmap
 from spatial_msma.flow.train import train_flow
-from spatial_msma.io import InputError
+from spatial_msma.io import InputError, write_nifti
+from spatial_msma.methods import flow_section
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +44,26 @@ def trained(tmp_path_factory):
     models = {}
     for method in ("spatial_msma", "voxel_gaussian"):
         out = root / method
-        train_flow(train.norm_paths, train.image_paths, val.norm_paths, val.image_paths, out / "model.pt",
-                   out / "ckpt", out / "log.csv", out / "fig.png", CFG, seed=0, method=method)
+        train_flow(train.manifest, train.image_paths, val.manifest, val.image_paths, out / "model.pt",
+                   out / "ckpt", out / "log.csv", out / "fig.png", flow_section(CFG, method), seed=0)
         models[method] = out / "model.pt"
     return root, test, models
+
+
+def brain_masks(test: SyntheticSet) -> list[Path]:
+    """The set's brain-mask files beside its images, named as the crop stage names them."""
+    affine = nib.load(test.image_paths[0]).affine
+    paths = [p.with_name(p.name.replace(".nii.gz", "_brainmask.nii.gz")) for p in test.image_paths]
+    for path in paths:
+        write_nifti(test.brain_mask, affine, path)
+    return paths
+
+
+def write_maps(model: Path, test: SyntheticSet, cfg: dict, out_dir: Path, n: int | None = None) -> list[Path]:
+    """Heatmaps of the first ``n`` images of a set (all by default), as the heatmap_flow rule writes them."""
+    write_set_heatmaps(FlowDetector.load(model, cfg, test.manifest), test.image_paths[:n], brain_masks(test)[:n],
+                       out_dir)
+    return [out_dir / p.name for p in test.image_paths[:n]]
 
 
 def mean_auroc(test, paths) -> float:
@@ -59,8 +77,8 @@ def test_heatmap_layout_and_one_sided_gain(trained, method):
     root, test, models = trained
     aurocs = {}
     for one_sided in (False, True):
-        outs = [root / "heat" / method / str(one_sided) / f"{p.stem}.nii.gz" for p in test.norm_paths]
-        write_heatmaps(models[method], test.norm_paths, test.image_paths, outs, {**CFG, "one_sided": one_sided})
+        out_dir = root / "heat" / method / str(one_sided)
+        outs = write_maps(models[method], test, {**CFG, "one_sided": one_sided}, out_dir)
         for out, image_path in zip(outs, test.image_paths, strict=True):
             img = nib.load(out)
             data = img.get_fdata()
@@ -103,9 +121,7 @@ def test_heatmap_without_jacobian_drops_only_a_per_voxel_constant(trained, metho
     model, _ = load_density_model(models[method])
     maps = {}
     for jacobian in (True, False):
-        out = tmp_path / str(jacobian) / "heat.nii.gz"
-        write_heatmaps(models[method], test.norm_paths[:1], test.image_paths[:1], [out],
-                       {**CFG, "heatmap_jacobian": jacobian})
+        (out,) = write_maps(models[method], test, {**CFG, "heatmap_jacobian": jacobian}, tmp_path / str(jacobian), 1)
         maps[jacobian] = nib.load(out).get_fdata()
     constant = np.log(model.voxel_std.numpy()).sum(-1) if method == "spatial_msma" else 0.5 * model.logdet
     brain = test.brain_mask
@@ -132,23 +148,25 @@ def test_lattice_mode_is_exact_on_the_lattice_and_close_elsewhere(trained):
 
 def test_heatmaps_reject_mismatched_inputs(trained, tmp_path):
     _, test, models = trained
-    with pytest.raises(InputError, match="one to one"):
-        write_heatmaps(models["voxel_gaussian"], test.norm_paths, test.image_paths[:1], [tmp_path / "a.nii.gz"])
+    detector = FlowDetector.load(models["voxel_gaussian"], CFG, test.manifest)
+    with pytest.raises(InputError, match="brain masks"):
+        write_set_heatmaps(detector, test.image_paths[:1], brain_masks(test), tmp_path / "a")
     other = write_synthetic_set(tmp_path / "other", 1, seed=9, shape=(16, 16, 16), n_levels=5)
+    with pytest.raises(InputError, match="no subject"):  # a case the set's manifest does not list
+        write_set_heatmaps(detector, other.image_paths, brain_masks(other), tmp_path / "b")
     with pytest.raises(InputError, match="training grid"):
-        write_heatmaps(models["voxel_gaussian"], other.norm_paths, other.image_paths, [tmp_path / "b.nii.gz"])
+        write_maps(models["voxel_gaussian"], other, CFG, tmp_path / "b")
     fewer = write_synthetic_set(tmp_path / "fewer", 1, seed=9, shape=SHAPE, n_levels=3)
     with pytest.raises(InputError, match="levels"):
-        write_heatmaps(models["spatial_msma"], fewer.norm_paths, fewer.image_paths, [tmp_path / "c.nii.gz"])
+        write_maps(models["spatial_msma"], fewer, CFG, tmp_path / "c")
 
 
 def test_heatmap_script_runs_under_a_snakemake_namespace(trained, tmp_path):
     _, test, models = trained
-    outs = [str(tmp_path / "heat" / f"{p.stem}.nii.gz") for p in test.norm_paths]
-    sm = SimpleNamespace(input=SimpleNamespace(model=str(models["voxel_gaussian"]), images=test.image_paths),
-                         output=[str(tmp_path / "heat")],
-                         params=SimpleNamespace(cfg=CFG, norms=test.norm_paths, heatmaps=outs),
+    sm = SimpleNamespace(input=SimpleNamespace(model=str(models["voxel_gaussian"]), norms_manifest=str(test.manifest),
+                                               images=test.image_paths, masks=brain_masks(test)),
+                         output=[str(tmp_path / "heat")], params=SimpleNamespace(cfg=CFG),
                          log=[str(tmp_path / "heatmap.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "heatmap_flow.py"), init_globals={"snakemake": sm})
-    assert all(Path(p).exists() for p in outs)
-    assert "wrote 3 maps (VoxelGaussian, one_sided=True, jacobian=False)" in (tmp_path / "heatmap.log").read_text()
+    assert all((tmp_path / "heat" / p.name).exists() for p in test.image_paths)
+    assert "VoxelGaussian heatmaps: 3 images; one_sided=True, jacobian=False" in (tmp_path / "heatmap.log").read_text()

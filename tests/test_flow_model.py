@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from spatial_msma.flow.config import FlowConfig, method_config
+from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.context import GlobalImageEncoder, PositionCode
 from spatial_msma.flow.model import (
     ConditionalGaussianMixture,
@@ -24,6 +24,7 @@ from spatial_msma.flow.model import (
     save_flow,
 )
 from spatial_msma.io import InputError
+from spatial_msma.methods import flow_section
 
 torch.set_num_threads(1)
 
@@ -273,11 +274,11 @@ def test_config_validation_names_the_key():
         FlowConfig.from_dict({"use_position": "no"})
     with pytest.raises(InputError, match="conditional_gmm needs a context"):
         FlowConfig.from_dict({"use_position": False, "use_global": False})
-    assert method_config({"lr": 1e-4}, "spatial_msma_nopos").use_position is False
-    assert method_config({"lr": 1e-4}, "spatial_msma_nopos").lr == 1e-4
-    assert method_config(None, "voxel_gaussian").model == "voxel_gaussian"
-    assert method_config({}, "spatial_msma_gmm").base == "gmm"
-    with pytest.raises(InputError, match="not one of"):
-        method_config({}, "spatial_msma_nothing")
+    nopos = FlowConfig.from_dict(flow_section({"lr": 1e-4}, "spatial_msma_nopos"))
+    assert nopos.use_position is False and nopos.lr == 1e-4
+    assert FlowConfig.from_dict(flow_section(None, "voxel_gaussian")).model == "voxel_gaussian"
+    assert FlowConfig.from_dict(flow_section({}, "spatial_msma_gmm")).base == "gmm"
+    with pytest.raises(ValueError, match="not one of"):
+        flow_section({}, "spatial_msma_nothing")
     cfg = FlowConfig.from_dict({"global_features": {"channels": [4, 8], "heads": 2}})
     assert FlowConfig.from_dict(cfg.to_dict()) == cfg

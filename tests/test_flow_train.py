@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
+from synthetic_norms import write_synthetic_set
 
 from spatial_msma.flow.data import SubjectData, load_subjects, subsample_voxels
 from spatial_msma.flow.gaussian import fit_voxel_gaussian
 from spatial_msma.flow.model import ModelMeta, load_payload
-from spatial_msma.flow.synthetic_norms import write_synthetic_set
 from spatial_msma.flow.train import train_flow
 from spatial_msma.io import InputError
+from spatial_msma.methods import flow_section
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def data(tmp_path_factory):
 def run(data, out: Path, **overrides):
     train, val = data
     cfg = {**TINY, **overrides}
-    result = train_flow(train.norm_paths, train.image_paths, val.norm_paths, val.image_paths, out / "model.pt",
+    result = train_flow(train.manifest, train.image_paths, val.manifest, val.image_paths, out / "model.pt",
                         out / "ckpt", out / "log.csv", out / "fig.png", cfg, seed=3)
     return result
 
@@ -86,12 +87,12 @@ def test_voxel_gaussian_method_and_mismatched_inputs(data, tmp_path):
     assert load_payload(tmp_path / "model.pt")["kind"] == "voxel_gaussian"
     assert result["val_nll"] == result["val_nll_gaussian"]
     train, val = data
-    with pytest.raises(InputError, match="score-norm files but"):
-        train_flow(train.norm_paths, train.image_paths[:-1], val.norm_paths, val.image_paths, tmp_path / "m.pt",
+    with pytest.raises(InputError, match="score-norm files in .* but 3 images"):
+        train_flow(train.manifest, train.image_paths[:-1], val.manifest, val.image_paths, tmp_path / "m.pt",
                    tmp_path / "c", tmp_path / "l.csv", tmp_path / "f.png", TINY, seed=0)
     other = write_synthetic_set(tmp_path / "other", 1, seed=5, shape=(8, 16, 16), n_levels=4, prefix="o")
     with pytest.raises(InputError, match="grid"):
-        train_flow(train.norm_paths, train.image_paths, other.norm_paths, other.image_paths, tmp_path / "m.pt",
+        train_flow(train.manifest, train.image_paths, other.manifest, other.image_paths, tmp_path / "m.pt",
                    tmp_path / "c", tmp_path / "l.csv", tmp_path / "f.png", TINY, seed=0)
 
 
@@ -130,12 +131,12 @@ def test_train_flow_script_runs_under_a_snakemake_namespace(data, tmp_path):
     train, val = data
     (tmp_path / "logs").mkdir()
     sm = SimpleNamespace(
-        input=SimpleNamespace(train_images=train.image_paths, val_images=val.image_paths),
+        input=SimpleNamespace(train_manifest=str(train.manifest), val_manifest=str(val.manifest),
+                              train_images=train.image_paths, val_images=val.image_paths),
         output=SimpleNamespace(model=str(tmp_path / "model.pt"), log=str(tmp_path / "log.csv"),
                                figure=str(tmp_path / "fig.png")),
-        params=SimpleNamespace(cfg={**TINY, "steps": 10}, method="spatial_msma_noglobal", seed=0,
-                               checkpoint_dir=str(tmp_path / "ckpt"), train_norms=train.norm_paths,
-                               val_norms=val.norm_paths),
+        params=SimpleNamespace(cfg=flow_section({**TINY, "steps": 10}, "spatial_msma_noglobal"), seed=0,
+                               checkpoint_dir=str(tmp_path / "ckpt")),
         log=[str(tmp_path / "logs" / "train_flow.log")], threads=1)
     runpy.run_path(str(REPO / "workflow" / "scripts" / "train_flow.py"), init_globals={"snakemake": sm})
     payload = load_payload(tmp_path / "model.pt")
@@ -145,7 +146,7 @@ def test_train_flow_script_runs_under_a_snakemake_namespace(data, tmp_path):
 
 def test_subsample_voxels_is_a_seeded_subset(data):
     train, _ = data
-    subjects = load_subjects(train.norm_paths, train.image_paths, True, 1e-6)
+    subjects = load_subjects(train.manifest, train.image_paths, True, 1e-6)
     small = subsample_voxels(subjects, 100, seed=0)
     assert [s.index.shape[0] for s in small] == [100] * len(subjects)
     for full, sub in zip(subjects, small, strict=True):

@@ -7,8 +7,8 @@ from test_score_msma import AFFINE, SHAPE, SIGMAS, _write_set
 
 from spatial_msma import io
 from spatial_msma.io import InputError
+from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.diagnostics import level_aurocs, voxel_reference, write_level_diagnostics
-from spatial_msma.score.norms import write_norm_cache
 
 
 def test_signal_is_found_at_the_shifted_levels_only(tmp_path):
@@ -26,10 +26,12 @@ def test_signal_is_found_at_the_shifted_levels_only(tmp_path):
 
 def test_table_and_figure_written_per_split(tmp_path):
     rng = np.random.default_rng(2)
+    val_clean, _ = _write_set(tmp_path, "val", 2, rng)
+    val_lesioned, val_masks = _write_set(tmp_path, "val_lesioned", 2, rng, lesioned=True)
     clean, _ = _write_set(tmp_path, "test", 3, rng)
     lesioned, masks = _write_set(tmp_path, "test_lesioned", 3, rng, lesioned=True)
     train, _ = _write_set(tmp_path, "train", 4, rng)
-    write_level_diagnostics({"val": (lesioned[:2], clean[:2], masks[:2]), "test": (lesioned, clean, masks)},
+    write_level_diagnostics({"val": (val_lesioned, val_clean, val_masks), "test": (lesioned, clean, masks)},
                             train, tmp_path / "levels.csv", tmp_path / "levels.png", seed=0)
     written = pd.read_csv(tmp_path / "levels.csv")
     assert written["split"].tolist() == ["val"] * len(SIGMAS) + ["test"] * len(SIGMAS)
@@ -57,16 +59,19 @@ def test_standardised_auroc_sees_a_lesion_the_raw_norm_hides_under_anatomy(tmp_p
     lesion[3:6, 3:6, 2:5] = True
 
     def write(name, n, with_lesion):
-        paths, masks = [], []
-        for i in range(n):
+        manifest = tmp_path / name / "manifest.tsv"
+        subjects = [f"sub-{i:02d}" for i in range(n)]
+        masks = []
+        for subject in subjects:
             patch = rng.lognormal(0, 0.1, (len(SIGMAS), *SHAPE)).astype(np.float32) * np.where(loud, 10.0, 1.0)
             if with_lesion:
                 patch[:, lesion] *= 2.0
-                masks.append(tmp_path / f"{name}-{i}_mask.nii.gz")
+                masks.append(tmp_path / f"{name}-{subject}_mask.nii.gz")
                 io.write_nifti(lesion, AFFINE, masks[-1])
-            paths.append(tmp_path / name / f"sub-{i:02d}.npz")
-            write_norm_cache(paths[-1], patch, np.ones(len(SIGMAS), np.float32), SIGMAS, brain, AFFINE)
-        return paths, masks
+            write_norm_cache(cache_path(manifest, subject), patch, np.ones(len(SIGMAS), np.float32), SIGMAS, brain,
+                             AFFINE)
+        write_manifest(manifest, subjects, [f"{subject}.nii.gz" for subject in subjects])
+        return manifest, masks
 
     train, _ = write("train", 6, False)
     clean, _ = write("clean", 3, False)

@@ -6,8 +6,8 @@ import pytest
 
 from spatial_msma import io
 from spatial_msma.io import InputError
+from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.msma import lesion_vs_healthy_samples, run_msma_image, select_levels
-from spatial_msma.score.norms import write_norm_cache
 
 SHAPE = (12, 12, 12)
 SIGMAS = np.geomspace(0.05, 5.0, 6).astype(np.float32)
@@ -24,12 +24,14 @@ def test_select_levels():
 
 
 def _write_set(directory, name, n, rng, lesioned=False, sigmas=SIGMAS):
-    """Caches whose log image norms share one random factor; lesioned ones are +0.6 at the 3 lowest levels
-    and have patch norms x3 inside a cubic lesion."""
+    """A set's manifest and lesion masks. Log image norms share one random factor; lesioned images are +0.6 at
+    the 3 lowest levels and have patch norms x3 inside a cubic lesion."""
     brain = np.zeros(SHAPE, bool)
     brain[2:10, 2:10, 2:10] = True
-    paths, masks = [], []
-    for i in range(n):
+    manifest = directory / name / "manifest.tsv"
+    subjects = [f"sub-{i:02d}" for i in range(n)]
+    masks = []
+    for subject in subjects:
         common = rng.normal(0, 0.1)
         log_norms = np.log(100.0) - np.log(sigmas) * 0.3 + common + rng.normal(0, 0.02, len(sigmas))
         patch = rng.lognormal(0, 0.2, (len(sigmas), *SHAPE)).astype(np.float32)
@@ -38,11 +40,12 @@ def _write_set(directory, name, n, rng, lesioned=False, sigmas=SIGMAS):
             log_norms[:3] += 0.6
             lesion[4:7, 4:7, 4:7] = True
             patch[:3, lesion] *= 3.0
-            masks.append(directory / f"{name}-{i}_mask.nii.gz")
+            masks.append(directory / f"{name}-{subject}_mask.nii.gz")
             io.write_nifti(lesion, AFFINE, masks[-1])
-        paths.append(directory / name / f"sub-{i:02d}.npz")
-        write_norm_cache(paths[-1], patch, np.exp(log_norms).astype(np.float32), sigmas, brain, AFFINE)
-    return paths, masks
+        write_norm_cache(cache_path(manifest, subject), patch, np.exp(log_norms).astype(np.float32), sigmas, brain,
+                         AFFINE)
+    write_manifest(manifest, subjects, [f"{subject}.nii.gz" for subject in subjects])
+    return manifest, masks
 
 
 def test_gmm_separates_shifted_images_and_reports_per_level(tmp_path):
@@ -90,10 +93,13 @@ def test_mismatched_levels_and_config_errors(tmp_path):
     train, _ = _write_set(tmp_path, "train", 4, rng)
     other, _ = _write_set(tmp_path, "other", 2, rng, sigmas=SIGMAS * 2)
     lesioned, masks = _write_set(tmp_path, "les", 2, rng, lesioned=True)
+    empty, _ = _write_set(tmp_path, "empty", 0, rng)
     with pytest.raises(InputError, match="sigma levels"):
-        run_msma_image(train, [], other, lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None, {}, 0)
+        run_msma_image(train, train, other, lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None, {}, 0)
     with pytest.raises(InputError, match="unknown key"):
-        run_msma_image(train, [], train, lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None,
+        run_msma_image(train, train, train, lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None,
                        {"components": 2}, 0)
     with pytest.raises(InputError, match="test set"):
-        run_msma_image(train, [], [], lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None, {}, 0)
+        run_msma_image(train, train, empty, lesioned, masks, tmp_path / "a.csv", tmp_path / "a.png", None, {}, 0)
+    with pytest.raises(InputError, match="2 lesioned caches but 1 lesion masks"):
+        lesion_vs_healthy_samples(lesioned, masks[:1], seed=0)

@@ -52,20 +52,11 @@ rule score_norms_set:
     threads: 1
     script: "{scripts}/score_norms.py"
 
-rule score_norms_listed:
-    input: images=expand("cropped/{{s}}.nii.gz", s=TEST), masks=expand("cropped/{{s}}_brainmask.nii.gz", s=TEST),
-           model="results/models/score/model.pt"
-    output: norms=expand("results/score_norms/test_listed/{{s}}.npz", s=TEST)
-    params: cfg=NORMS
-    log: "logs/score_norms_test_listed.log"
-    threads: 1
-    script: "{scripts}/score_norms.py"
-
 rule msma_image:
     input:
         train="results/score_norms/train/manifest.tsv",
-        val=[],
-        test=expand("results/score_norms/test_listed/{{s}}.npz", s=TEST),
+        val="results/score_norms/val/manifest.tsv",
+        test="results/score_norms/test/manifest.tsv",
         test_lesioned="results/score_norms/test_lesioned/manifest.tsv",
         lesion_masks=expand("lesions/{{s}}_mask.nii.gz", s=TEST),
     output:
@@ -103,10 +94,9 @@ def test_scripts_run_under_snakemake(tmp_path):
     manifest = pd.read_csv(tmp_path / "results/score_norms/test_lesioned/manifest.tsv", sep="\t")
     assert manifest["subject"].tolist() == subjects[6:]
     assert all((tmp_path / p).exists() for p in manifest["path"])
-    assert len(list((tmp_path / "results/score_norms/test_listed").glob("*.npz"))) == 3
     auroc = pd.read_csv(tmp_path / "results/msma_image_auroc.csv")
     assert auroc["feature"].iloc[0] == "gmm_nll" and auroc["n_lesioned"].iloc[0] == 3
     scores = pd.read_csv(tmp_path / "results/msma_image_scores.csv")
-    assert scores.groupby("set").size().to_dict() == {"test": 3, "test_lesioned": 3, "train": 4}
+    assert scores.groupby("set").size().to_dict() == {"test": 3, "test_lesioned": 3, "train": 4, "val": 2}
     for figure in ("score_training.png", "score_norms.png"):
         assert (tmp_path / "results/figures" / figure).stat().st_size > 10_000

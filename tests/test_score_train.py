@@ -1,18 +1,13 @@
 """Score-network training for real on tiny volumes: outputs, seeding, and resume after a SIGKILL."""
 
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from training_checks import assert_resumed_like_a_straight_run, kill_after_first_checkpoint, same_weights, weights
 
 from spatial_msma import io
 from spatial_msma.io import InputError
@@ -63,14 +58,6 @@ def run_training(data, out: Path, cfg=CFG, seed=7):
                       out / "fig.png", out / "ck", cfg, seed)
 
 
-def weights(path):
-    return torch.load(path, weights_only=True)["state_dict"]
-
-
-def same_weights(a, b) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_config_errors_name_the_key():
     with pytest.raises(InputError, match="unknown key"):
         ScoreConfig.from_dict({"stepz": 3})
@@ -110,24 +97,14 @@ def test_training_writes_a_self_describing_model_log_and_figure(data, tmp_path):
     assert model.net(x, torch.tensor([0.1])).abs().sum() > 0
 
 
-def test_same_seed_same_weights_and_batch_doubling(data, tmp_path):
+def test_same_seed_same_bytes_and_batch_doubling(data, tmp_path):
     cfg = {**CFG, "steps": 6, "batch_doubling": True, "checkpoint_every": 2}
     run_training(data, tmp_path / "a", cfg)
     run_training(data, tmp_path / "b", cfg)
-    assert same_weights(weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "b" / "model.pt"))
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     assert pd.read_csv(tmp_path / "a" / "log.csv")["batch_size"].tolist() == [2, 2, 2, 4, 4, 4]
     run_training(data, tmp_path / "c", cfg, seed=8)
     assert not same_weights(weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "c" / "model.pt"))
-
-
-CHILD = """
-import json, sys, torch
-torch.set_num_threads(1)
-from spatial_msma.progress import script_logger
-from spatial_msma.score.train import train_score_model
-args = json.loads(open(sys.argv[1]).read())
-train_score_model(**args, logger=script_logger(args["model_out"] + ".log"))
-"""
 
 
 def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(data, tmp_path, caplog):
@@ -137,33 +114,14 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     args = {"train_images": data["train"], "train_masks": data["train_masks"], "val_images": data["val"],
             "model_out": str(out / "model.pt"), "log_out": str(out / "log.csv"), "figure_out": None,
             "checkpoint_dir": str(out / "ck"), "cfg": cfg, "seed": 7}
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "args.json")],
-                             env={**os.environ, "OMP_NUM_THREADS": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240  # a guard against a hang, not a timing assertion
-    while not list((out / "ck").glob("step_*.pt")) and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (out / "model.pt").exists()
-    killed_at = max(int(p.stem.split("_")[1]) for p in (out / "ck").glob("step_*.pt"))
+    killed_at = kill_after_first_checkpoint("spatial_msma.score.train", "train_score_model", args, out / "ck")
     assert 3 <= killed_at < 30
 
     # the rerun (as Snakemake would start it: same arguments) continues from the checkpoint
     caplog.set_level(logging.INFO, logger="rerun")
     train_score_model(**args, logger=logging.getLogger("rerun"))
-    assert f"resuming from {out / 'ck'}/step_{killed_at:09d}.pt (step {killed_at})" in caplog.text
-    assert f"steps {killed_at}..30" in caplog.text
-    log = pd.read_csv(out / "log.csv")
-    assert log["step"].tolist() == list(range(1, 31))  # every step once: rows past the checkpoint were dropped
-
-    straight = tmp_path / "straight"
-    train_score_model(data["train"], data["train_masks"], data["val"], straight / "model.pt",
-                      straight / "log.csv", None, straight / "ck", cfg, 7)
-    assert same_weights(weights(out / "model.pt"), weights(straight / "model.pt"))
-    assert (out / "log.csv").read_bytes() == (straight / "log.csv").read_bytes()
+    run_training(data, tmp_path / "straight", cfg)
+    assert_resumed_like_a_straight_run(caplog.text, out, tmp_path / "straight", killed_at, 30)
 
 
 def test_checkpoints_of_another_configuration_are_not_resumed(data, tmp_path):

@@ -1,4 +1,4 @@
-"""Generic resumable-training helpers: devices, EMA, warm-up, checkpoints, RNG state, the CSV log."""
+"""Generic resumable-training helpers: devices, EMA, warm-up, checkpoints, fingerprints, RNG state, the CSV log."""
 
 import logging
 
@@ -8,14 +8,17 @@ from torch import nn
 
 from spatial_msma.io import InputError
 from spatial_msma.training import (
+    RESUMABLE_KEYS,
     CheckpointDir,
     CsvLog,
+    fingerprint,
     make_ema,
     resolve_device,
     restore_rng_state,
     restore_training_state,
     resume_or_start,
     rng_state,
+    save_torch,
     training_state,
     warmup_scheduler,
 )
@@ -50,6 +53,38 @@ def test_ema_follows_the_warmed_up_decay():
         assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(InputError):
         make_ema(model, decay=1.0)
+
+
+def test_ema_averages_float_buffers_and_copies_integer_ones():
+    """Integer buffers (permutation indices, step counters) cannot be interpolated: they follow the model."""
+    model = nn.Module()
+    model.register_buffer("scale", torch.zeros(2))
+    model.register_buffer("order", torch.tensor([0, 1]))
+    ema = make_ema(model, decay=0.5)
+    ema.update_parameters(model)
+    model.scale.fill_(4.0)
+    model.order.copy_(torch.tensor([1, 0]))
+    ema.update_parameters(model)
+    assert torch.equal(ema.module.order, torch.tensor([1, 0]))
+    assert ema.module.scale.tolist() == pytest.approx([4.0 * 9 / 11] * 2)  # decay min(0.5, 2 / 11)
+
+
+def test_fingerprint_ignores_resumable_keys_and_is_json_normalised():
+    cfg = {"lr": 1e-3, "channels": (8, 16), **{key: 1 for key in RESUMABLE_KEYS}}
+    key = fingerprint(cfg, 7, shape=(2, 3))
+    assert key == {"config": {"lr": 1e-3, "channels": [8, 16]}, "seed": 7, "shape": [2, 3]}
+    assert fingerprint({**cfg, "steps": 99, "device": "cuda"}, 7, shape=(2, 3)) == key
+    assert fingerprint({**cfg, "lr": 2e-3}, 7, shape=(2, 3)) != key
+
+
+def test_torch_files_are_byte_stable_wherever_they_are_written(tmp_path):
+    """torch names a zip archive's root folder after the file; the atomic writer must not leak its
+    random temporary name into the bytes."""
+    obj = {"w": torch.arange(4.0), "meta": {"a": 1}}
+    save_torch(obj, tmp_path / "one.pt")
+    save_torch(obj, tmp_path / "sub" / "two.pt")
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "sub" / "two.pt").read_bytes()
+    assert torch.equal(torch.load(tmp_path / "one.pt", weights_only=True)["w"], obj["w"])
 
 
 def test_warmup_is_linear_then_constant():

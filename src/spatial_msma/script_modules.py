@@ -4,8 +4,9 @@ A rule declares the package modules its script runs as inputs, so that editing o
 everything after it, and nothing else. Hand-written lists of those modules drift (a helper module imported
 two levels down is the one nobody lists), so they are derived: the script's ``spatial_msma`` imports,
 followed transitively through the package, together with the ``__init__.py`` of every package on the way
-(Python runs those too). Imports inside functions count: they run when the function does. Pure standard
-library, so the Snakefile can call it at parse time without loading torch.
+(Python runs those too). Imports inside functions count: they run when the function does; imports under
+``if TYPE_CHECKING:`` do not (they never run). Pure standard library, so the Snakefile can call it at
+parse time without loading torch.
 """
 
 from __future__ import annotations
@@ -35,13 +36,33 @@ def _module_name(path: Path, package_dir: Path) -> str:
     return ".".join((PACKAGE_NAME, *parts))
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` but the bodies of ``if TYPE_CHECKING:`` blocks: imports there serve type
+    annotations only and never run, so a module named only there is not a code input."""
+    out: list[ast.AST] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        out.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            pending.extend(node.orelse)
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return out
+
+
 def imported_names(path: Path, package_dir: Path) -> set[str]:
-    """Dotted names of every package module one file imports (``from a import b`` names both ``a`` and
-    ``a.b``; only those that exist as files are kept by the caller)."""
+    """Absolute dotted names of every module one file imports when it runs, the package's and others'
+    (``from a import b`` names both ``a`` and ``a.b``: ``b`` may be a module or a name inside ``a``)."""
     own = _module_name(path, package_dir) if path.is_relative_to(package_dir) else None
     is_package = path.name == "__init__.py"
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+    for node in runtime_nodes(ast.parse(path.read_bytes(), filename=str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -55,7 +76,7 @@ def imported_names(path: Path, package_dir: Path) -> set[str]:
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in names if name.split(".")[0] == PACKAGE_NAME}
+    return names
 
 
 def modules_run_by(script: Path, package_dir: Path) -> list[Path]:

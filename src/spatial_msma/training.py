@@ -5,28 +5,54 @@ deletes the job's declared outputs, so the resumable state lives in a checkpoint
 declared output: every ``checkpoint_every`` steps the model, optimizer, LR schedule, EMA weights, step
 counter and all random-number-generator states are written atomically; a rerun finds the latest one
 and continues from it, and with the same seed on CPU reaches the same weights as an uninterrupted run.
+
+The models trained on whole images (score network, AE) share one loop, :class:`ImageTrainer`; the flow,
+which samples voxels and keeps the best validated weights, has its own loop built from the same pieces
+(:func:`make_ema`, :func:`fingerprint`, :class:`CheckpointDir`, :func:`training_state`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-if TYPE_CHECKING:
-    import pandas as pd
-
+from spatial_msma import io
 from spatial_msma.io import InputError, atomic_path, save_figure
+from spatial_msma.progress import Progress, script_logger
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.pt$")
+
+#: Config keys that may differ between a checkpoint and the run that resumes it: how long or how verbosely
+#: a run goes (so ``steps`` can be raised to extend one), where it runs and how much it processes per pass.
+#: None changes what a run computes up to a given step. (Keys that only change how a finished model scores
+#: images never reach a training job: :mod:`spatial_msma.config_scopes` keeps them out of its params.)
+RESUMABLE_KEYS = frozenset(
+    {"steps", "checkpoint_every", "keep_checkpoints", "val_every", "log_every", "device", "chunk_voxels"}
+)
+
+
+def save_torch(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically and reproducibly: serialised in memory first, because torch names the
+    archive's root folder after the file it writes, and the atomic temporary name is random."""
+    buffer = BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
 
 
 def as_path_list(paths: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[str]:
@@ -64,16 +90,21 @@ def set_deterministic(device: torch.device) -> None:
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s parameters (and buffers) via torch's ``AveragedModel``.
+    """An exponential moving average of ``model``'s parameters and buffers via torch's ``AveragedModel``.
 
     The effective decay is ``min(decay, (1 + n) / (10 + n))`` after n updates (TensorFlow's
     ``num_updates`` warm-up): with a fixed 0.999 the average of a few-hundred-step run would still be
-    mostly the random initialisation.
+    mostly the random initialisation. Integer buffers (normflows' permutation indices, MADE's degrees, a
+    batch norm's step counter) cannot be interpolated: they follow the live model instead.
     """
     if not 0.0 <= decay < 1.0:
         raise InputError(f"ema_decay must be in [0, 1), got {decay}")
 
     def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
+        if not averaged[0].is_floating_point():  # torch groups the tensors by dtype: all or none are
+            for avg, cur in zip(averaged, current, strict=True):
+                avg.copy_(cur)
+            return
         n = float(n_averaged)
         effective = min(decay, (1.0 + n) / (10.0 + n))
         torch._foreach_lerp_(averaged, current, 1.0 - effective)
@@ -110,12 +141,6 @@ def restore_rng_state(state: Mapping[str, object], generators: Mapping[str, torc
         gen.set_state(state[key])  # type: ignore[arg-type]
 
 
-def save_torch_atomic(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file + rename: a kill mid-write leaves the old file intact."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 class CheckpointDir:
     """``step_<9 digits>.pt`` files in one directory; the newest complete one is the resume point."""
 
@@ -136,7 +161,7 @@ class CheckpointDir:
     def save(self, step: int, state: Mapping[str, object]) -> Path:
         """Write atomically, then delete all but the newest ``keep`` checkpoints."""
         path = self.directory / f"step_{step:09d}.pt"
-        save_torch_atomic(dict(state), path)
+        save_torch(dict(state), path)
         for _, old in self._checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -270,6 +295,240 @@ def resume_or_start(
     return state
 
 
+def fingerprint(config: Mapping[str, object], seed: int, **data: object) -> dict[str, object]:
+    """What a checkpoint must share with a run to be resumed by it: the config less :data:`RESUMABLE_KEYS`,
+    the seed, and whatever identifies the training data (``data``).
+
+    JSON-normalised (tuples become lists), so the copy a checkpoint stores compares equal to a fresh one.
+    """
+    relevant = {k: v for k, v in config.items() if k not in RESUMABLE_KEYS}
+    return json.loads(json.dumps({"config": relevant, "seed": int(seed), **data}))
+
+
+def load_volumes(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+    """Read (C, X, Y, Z) images into one (N, C, X, Y, Z) float32 array; all must share a shape."""
+    if not paths:
+        return np.zeros((0,), np.float32)
+    volumes = [io.read_channels(p)[0] for p in paths]
+    for path, vol in zip(paths, volumes, strict=True):
+        if vol.shape != volumes[0].shape:
+            raise InputError(f"image {path}: shape {vol.shape} differs from {paths[0]} {volumes[0].shape}")
+    return np.stack(volumes)
+
+
+@dataclass(frozen=True)
+class TrainingImages:
+    """The whole images one run trains and validates on, each set as one (N, C, X, Y, Z) float32 array."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_names: tuple[str, ...]
+
+    @classmethod
+    def load(cls, train_paths: Sequence[str], val_paths: Sequence[str], what: str) -> TrainingImages:
+        train = load_volumes(train_paths)
+        if len(train) < 1:
+            raise InputError(f"{what}: no training images")
+        val = load_volumes(val_paths)
+        if len(val) and val.shape[1:] != train.shape[1:]:
+            raise InputError(f"val image {val_paths[0]}: shape {val.shape[1:]} differs from train {train.shape[1:]}")
+        return cls(train, val, tuple(Path(p).name for p in train_paths))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(n) for n in self.train.shape[2:])
+
+    def identity(self) -> dict[str, object]:
+        """The data part of a :func:`fingerprint`: file names, array shape and a content hash of both sets
+        (a regenerated cohort keeps its file names)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.train, self.val):
+            digest.update(np.ascontiguousarray(array).data)
+        return {"train": list(self.train_names), "shape": list(self.train.shape), "data_hash": digest.hexdigest()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopSettings:
+    """The settings of :class:`ImageTrainer`'s loop, one base of the config section of every model it trains.
+
+    A section adds its own keys and sets the defaults of ``steps``, ``batch_size`` and ``ema_decay``, which
+    depend on the model; the rest share defaults, and their checks live here once.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float = 1e-3
+    warmup: int = 20
+    grad_clip: float = 1.0
+    ema_decay: float
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    val_every: int = 25
+    val_images: int = 4
+    log_every: int = 1
+    device: str = "auto"
+
+    def validate_loop(self, where: str) -> None:
+        """Raise :class:`InputError` naming ``where.<key>`` for a loop setting out of range."""
+        for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "val_every", "log_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"config {where}.{key}: must be an integer >= 1, got {value!r}")
+        if isinstance(self.val_images, bool) or not isinstance(self.val_images, int) or self.val_images < 0:
+            raise InputError(f"config {where}.val_images: must be an integer >= 0, got {self.val_images!r}")
+        if not self.lr > 0:
+            raise InputError(f"config {where}.lr: must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"config {where}.ema_decay: must be in [0, 1), got {self.ema_decay}")
+        if self.checkpoint_every % self.log_every:
+            # a resumed run restarts the running train-loss mean at the checkpoint: rows must not straddle it
+            raise InputError(f"config {where}.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
+                             f"{where}.log_every ({self.log_every})")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+#: ``(model, step, generator) -> (loss, log fields)``: the loss of one training batch, drawn from
+#: ``generator``, and the per-step values the model adds to the CSV log (e.g. a batch size that changes).
+BatchLoss = Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, Mapping[str, object]]]
+
+#: ``(model, *tensors) -> loss``: the mean loss of a chunk of the fixed validation tensors, on the device.
+ValLoss = Callable[..., torch.Tensor]
+
+
+class ImageTrainer:
+    """The resumable training loop of the models trained on whole images (the score network, the AE).
+
+    A model brings its network and the losses of a training batch and of a validation chunk; the rest
+    happens here in one fixed order, so that a seed draws the same random numbers, and reaches the same
+    weights on CPU, whether or not the run was interrupted: Adam with a linear warm-up, gradient clipping,
+    an EMA copy (the weights that are validated and written), a CSV log, a checkpoint every
+    ``checkpoint_every`` steps, progress lines. Constructing it loads the images and finds the checkpoint
+    to resume (:attr:`resumed`, ``None`` for a fresh run), so a model can read what it stored there before
+    it trains.
+    """
+
+    def __init__(self, label: str, cfg: LoopSettings, seed: int, train_images: Sequence[str | os.PathLike],
+                 val_images: Sequence[str | os.PathLike], checkpoint_dir: str | os.PathLike, logger: logging.Logger):
+        self.label, self.cfg, self.seed, self.logger = label, cfg, int(seed), logger
+        self.device = resolve_device(cfg.device)
+        set_deterministic(self.device)
+        self.data = TrainingImages.load(as_path_list(train_images), as_path_list(val_images)[: cfg.val_images], label)
+        logger.info("%s: %d train / %d val images of %s, %d channels, device %s", label, len(self.data.train),
+                    len(self.data.val), self.data.shape, self.data.in_channels, self.device)
+        self.checkpoints = CheckpointDir(checkpoint_dir, keep=cfg.keep_checkpoints)
+        self.fingerprint = fingerprint(cfg.to_dict(), seed, **self.data.identity())
+        self.resumed = resume_or_start(self.checkpoints, self.fingerprint, logger)
+        self.log_path = self.checkpoints.directory / "training_log.csv"
+        self._train = torch.from_numpy(self.data.train)
+
+    def draw(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        """``batch_size`` training images drawn with replacement, on the CPU. No augmentation: the images
+        share the template grid, and flips would teach a model that asymmetric anatomy is normal."""
+        return self._train[torch.randint(len(self._train), (batch_size,), generator=generator)]
+
+    @torch.no_grad()
+    def validate(self, net: nn.Module, val_loss: ValLoss, val_batch: Sequence[torch.Tensor]) -> float:
+        """The mean of ``val_loss`` over the rows of ``val_batch``, in chunks of ``batch_size`` rows (at least
+        2: batch 1 is a slow 3D-convolution path)."""
+        net.eval()
+        n, chunk = len(val_batch[0]), max(self.cfg.batch_size, 2)
+        total = 0.0
+        for start in range(0, n, chunk):
+            part = [tensor[start:start + chunk].to(self.device) for tensor in val_batch]
+            total += float(val_loss(net, *part)) * len(part[0])
+        return total / n
+
+    def train(self, build: Callable[[], nn.Module], batch_loss: BatchLoss, val_loss: ValLoss,
+              val_batch: Sequence[torch.Tensor], network: object, log_fields: Sequence[str] = (),
+              **checkpoint_extra: object) -> nn.Module:
+        """Train from scratch or on from :attr:`resumed`; returns the EMA network.
+
+        ``build`` makes the network (after ``torch.manual_seed(seed)``); every ``val_every`` steps the EMA
+        network is scored on the fixed ``val_batch`` (tensors sharing their first axis, never changed, so
+        val losses compare), unless there are no val images; ``network`` describes it in the log;
+        ``checkpoint_extra`` is stored in every checkpoint, for the model to read back from :attr:`resumed`.
+        """
+        cfg = self.cfg
+        torch.manual_seed(self.seed)
+        model = build().to(self.device)
+        ema = make_ema(model, cfg.ema_decay)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        scheduler = warmup_scheduler(optimizer, cfg.warmup)
+        generators = {"train": torch.Generator().manual_seed(self.seed)}
+        log = CsvLog(self.log_path, ("step", *log_fields, "lr", "train_loss", "val_loss"))
+        self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
+        start = 0
+        if self.resumed is not None:
+            start = restore_training_state(self.resumed, model, optimizer, scheduler, ema, generators)
+        log.truncate(start)
+        n_params = sum(p.numel() for p in model.parameters())
+        self.logger.info("%s: network %s, %.3g M parameters; steps %d..%d", self.label, network, n_params / 1e6,
+                         start, cfg.steps)
+        extra = {"fingerprint": self.fingerprint, **checkpoint_extra}
+        progress = Progress(cfg.steps, self.label, self.logger, start=start)
+        recent: list[float] = []
+        for step in range(start, cfg.steps):
+            model.train()
+            loss, fields = batch_loss(model, step, generators["train"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            loss_value = float(loss.detach())
+            recent.append(loss_value)
+            done = step + 1
+            val = None
+            if len(self.data.val) and (done % cfg.val_every == 0 or done == cfg.steps):
+                val = self.validate(ema.module, val_loss, val_batch)
+            if done % cfg.log_every == 0 or done == cfg.steps or val is not None:
+                log.append({"step": done, **fields, "lr": lr, "train_loss": float(np.mean(recent)), "val_loss": val})
+                recent = []
+            progress.update(done, loss=loss_value, **({"val_loss": val} if val is not None else {}))
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                self.checkpoints.save(done, training_state(done, model, optimizer, scheduler, ema, generators, **extra))
+        return ema.module
+
+    def write(self, net: nn.Module, model_out: str | os.PathLike, log_out: str | os.PathLike,
+              figure_out: str | os.PathLike | None, plot: Callable[[pd.DataFrame, str | os.PathLike], None],
+              model_format: str, network: Mapping[str, object], **fields: object) -> None:
+        """Write the model file, the CSV log and (unless ``figure_out`` is None) the loss figure.
+
+        The model file holds ``net``'s weights with all that rebuilds and uses it without the config (the
+        ``network`` description, channels, image shape and the model's own ``fields``); read it back with
+        :func:`load_model_file`.
+        """
+        save_torch({"format": model_format, "network": dict(network), "in_channels": self.data.in_channels,
+                    "image_shape": list(self.data.shape), **fields, "steps": self.cfg.steps, "seed": self.seed,
+                    "config": json.loads(json.dumps(self.cfg.to_dict())),
+                    "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, model_out)
+        frame = pd.read_csv(self.log_path)
+        io.write_table(frame, log_out)
+        if figure_out is not None:
+            plot(frame, figure_out)
+        self.logger.info("%s: model written to %s", self.label, model_out)
+
+
+def script_arguments(smk: Any) -> dict[str, object]:
+    """The arguments of :class:`ImageTrainer`'s users (``train_score_model``, ``train_ae``) from a workflow
+    script's ``snakemake`` object: input train, val; output model, log, figure; params cfg, seed,
+    checkpoint_dir (not an output, so a killed job resumes from it). Also gives torch the rule's threads
+    and opens the rule's log."""
+    torch.set_num_threads(smk.threads)
+    return {"train_images": smk.input.train, "val_images": smk.input.val, "model_out": smk.output.model,
+            "log_out": smk.output.log, "figure_out": smk.output.figure, "checkpoint_dir": smk.params.checkpoint_dir,
+            "cfg": smk.params.cfg, "seed": smk.params.seed, "logger": script_logger(smk.log[0])}
+
+
 def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, title: str,
                      val_label: str = "val (EMA weights)") -> None:
     """A training log's loss curves on a log scale: the per-step train loss, its running mean (a twentieth of
@@ -296,10 +555,16 @@ def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, 
     save_figure(fig, path)
 
 
-def read_model_file(path: str | os.PathLike, model_format: str, what: str) -> dict:
-    """The dict of a model file written with ``save_torch_atomic``, checked to be a ``model_format`` file.
+def load_model_file(path: str | os.PathLike, model_format: str, what: str,
+                    network: Callable[[int, tuple[int, ...], Any], nn.Module], network_config: Callable[..., Any],
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The network a model file of :meth:`ImageTrainer.write` holds, with the file's other entries (its
+    metadata). Rebuilt from the file alone, no config needed: ``network(in_channels, image_shape, config)``
+    with the config ``network_config(description, where=...)`` parses from the file's description; its
+    weights are loaded and it is put in eval mode on ``device``.
 
-    A missing, unreadable or foreign file is an :class:`InputError` naming ``what`` and the path.
+    A missing, unreadable or foreign file (not a ``model_format`` one) is an :class:`InputError` naming
+    ``what`` and the path.
     """
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -309,4 +574,8 @@ def read_model_file(path: str | os.PathLike, model_format: str, what: str) -> di
         raise InputError(f"{what} {path}: unreadable ({type(err).__name__}: {err})") from err
     if not isinstance(data, dict) or data.get("format") != model_format:
         raise InputError(f"{what} {path}: not a {model_format} file")
-    return data
+    net = network(int(data["in_channels"]), tuple(int(n) for n in data["image_shape"]),
+                  network_config(data["network"], where=f"{path}: network"))
+    net.load_state_dict(data["state_dict"])
+    net.to(device).eval()
+    return net, {k: v for k, v in data.items() if k != "state_dict"}

@@ -1,6 +1,6 @@
 """Snakemake entry point: fit GradCAM-MSMA's image-level GMM on the train score-norm cache.
 
-input: train (results/score_norms/train/manifest.tsv, or a list of its .npz files);
+input: train (results/score_norms/train/manifest.tsv);
 output: results/models/gradcam_msma/gmm.npz; params: cfg (the ``gradcam_msma`` config section), seed (int).
 """
 

@@ -1,18 +1,19 @@
 """Snakemake entry point: Restoration heatmaps (partial diffusion and reverse sampling with the score model)
-for one image set.
+of one image set.
 
-input: model (results/models/score/model.pt), images (the set's 2-channel images), masks (their brain masks,
-same order); output: the directory results/heatmaps/restoration/{set}, one {subject}.nii.gz per image;
+input: model (results/models/score/model.pt), images (the set's images), masks (their brain masks, same
+order); output: the directory results/heatmaps/restoration/{set}, one {subject}.nii.gz per image;
 params: cfg (the ``restoration`` config section), seed (int); threads: torch CPU threads.
 """
 
 import torch
 
-from spatial_msma.baselines.restoration import write_restoration_heatmaps
+from spatial_msma.baselines.restoration import RestorationDetector
+from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.progress import script_logger
 
 sm = snakemake  # noqa: F821
 logger = script_logger(sm.log[0])
 torch.set_num_threads(sm.threads)
-write_restoration_heatmaps(sm.input.model, list(sm.input.images), list(sm.input.masks), sm.output[0],
-                           cfg=sm.params.cfg, seed=sm.params.seed, logger=logger)
+detector = RestorationDetector.load(sm.input.model, sm.params.cfg, sm.params.seed)
+write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)

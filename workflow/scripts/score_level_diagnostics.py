@@ -13,10 +13,10 @@ sm = snakemake  # noqa: F821
 logger = script_logger(sm.log[0])
 table = write_level_diagnostics(
     {
-        "val": ([sm.input.val_lesioned], [sm.input.val], sm.input.val_masks),
-        "test": ([sm.input.test_lesioned], [sm.input.test], sm.input.test_masks),
+        "val": (sm.input.val_lesioned, sm.input.val, sm.input.val_masks),
+        "test": (sm.input.test_lesioned, sm.input.test, sm.input.test_masks),
     },
-    [sm.input.train],
+    sm.input.train,
     sm.output.table,
     sm.output.figure,
     seed=sm.params.seed,

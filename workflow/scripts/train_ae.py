@@ -7,22 +7,7 @@ checkpoint_dir (results/checkpoints/ae: NOT an output, so a killed job resumes f
 threads: torch CPU threads.
 """
 
-import torch
-
 from spatial_msma.baselines.ae import train_ae
-from spatial_msma.progress import script_logger
+from spatial_msma.training import script_arguments
 
-sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
-train_ae(
-    sm.input.train,
-    sm.input.val,
-    sm.output.model,
-    sm.output.log,
-    sm.output.figure,
-    checkpoint_dir=sm.params.checkpoint_dir,
-    cfg=sm.params.cfg,
-    seed=sm.params.seed,
-    logger=logger,
-)
+train_ae(**script_arguments(snakemake))  # noqa: F821

@@ -7,23 +7,7 @@ params: cfg (the ``score`` config section), seed (int), checkpoint_dir (results/
 output, so a killed job resumes from it); threads: torch CPU threads.
 """
 
-import torch
-
-from spatial_msma.progress import script_logger
 from spatial_msma.score.train import train_score_model
+from spatial_msma.training import script_arguments
 
-sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
-train_score_model(
-    sm.input.train,
-    sm.input.train_masks,
-    sm.input.val,
-    sm.output.model,
-    sm.output.log,
-    sm.output.figure,
-    checkpoint_dir=sm.params.checkpoint_dir,
-    cfg=sm.params.cfg,
-    seed=sm.params.seed,
-    logger=logger,
-)
+train_score_model(**script_arguments(snakemake), train_masks=snakemake.input.train_masks)  # noqa: F821

@@ -22,21 +22,20 @@ workflow's Inpaint and Restoration rows, so the table compares detectors, not er
 scores ``sum_c (x_c - x̂_c)^2``, the per-voxel term of the MSE the network was trained on. Which one Luo
 et al. used could not be checked offline: the switch is there to try both.
 
-Training is resumable exactly like the score network's (:mod:`spatial_msma.training`): checkpoints every
-``checkpoint_every`` steps outside the declared outputs, a CSV log beside them, the EMA weights written
-atomically as the final model only at the end.
+Trained by the score network's loop (:class:`spatial_msma.training.ImageTrainer`), so resumable the same
+way: checkpoints every ``checkpoint_every`` steps outside the declared outputs, a CSV log beside them, the
+EMA weights written atomically as the final model only at the end.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,40 +43,22 @@ import torch
 from monai.networks.nets import AutoEncoder
 from torch import nn
 
-from spatial_msma import io
 from spatial_msma.io import InputError, config_section
-from spatial_msma.progress import Progress
-from spatial_msma.score.train import load_volumes
-from spatial_msma.training import (
-    CheckpointDir,
-    CsvLog,
-    as_path_list,
-    make_ema,
-    plot_loss_curves,
-    read_model_file,
-    resolve_device,
-    restore_training_state,
-    resume_or_start,
-    save_torch_atomic,
-    set_deterministic,
-    training_state,
-    warmup_scheduler,
-)
+from spatial_msma.training import ImageTrainer, LoopSettings, load_model_file, plot_loss_curves, resolve_device
+
+if TYPE_CHECKING:
+    from spatial_msma.detector import Case
 
 #: Tag of an AE model file written by :func:`train_ae`.
 MODEL_FORMAT = "spatial_msma.ae_model.v1"
 ERRORS = ("abs", "squared")
-LOG_COLUMNS = ("step", "lr", "train_loss", "val_loss")
 NETWORK_KEYS = ("channels", "strides", "num_res_units", "latent_channels")
-
-#: Keys that change how long or how verbosely a run goes, not what it computes up to a given step
-#: (``error`` only changes the heatmap): a checkpoint stays valid when only these differ.
-RUN_LENGTH_KEYS = ("steps", "checkpoint_every", "keep_checkpoints", "val_every", "log_every", "device", "error")
 
 
 @dataclass(frozen=True)
-class AeConfig:
-    """The ``ae`` config section.
+class AeConfig(LoopSettings):
+    """The ``ae`` config section: the loop's settings (:class:`~spatial_msma.training.LoopSettings`) and the
+    autoencoder's.
 
     Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, whole DAG in about
     20 minutes; budget for this stage 2-3 minutes). Measured there (torch 2.13 CPU, 2 threads, load
@@ -99,16 +80,7 @@ class AeConfig:
     error: str = "abs"
     steps: int = 300
     batch_size: int = 4
-    lr: float = 1e-3
-    warmup: int = 20
-    grad_clip: float = 1.0
     ema_decay: float = 0.99
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    val_every: int = 25
-    val_images: int = 4
-    log_every: int = 1
-    device: str = "auto"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:
@@ -133,20 +105,11 @@ class AeConfig:
                 raise InputError(f"config {where}.{key}: entries must be positive integers, got {bad}")
         if self.error not in ERRORS:
             raise InputError(f"config {where}.error: expected one of {ERRORS}, got {self.error!r}")
-        for key in ("num_res_units", "latent_channels", "steps", "batch_size", "checkpoint_every", "val_every",
-                    "log_every", "keep_checkpoints"):
+        for key in ("num_res_units", "latent_channels"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"config {where}.{key}: must be an integer >= 1, got {value!r}")
-        if self.val_images < 0:
-            raise InputError(f"config {where}.val_images: must be >= 0, got {self.val_images}")
-        if not self.lr > 0:
-            raise InputError(f"config {where}.lr: must be > 0, got {self.lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise InputError(f"config {where}.ema_decay: must be in [0, 1), got {self.ema_decay}")
-        if self.checkpoint_every % self.log_every:
-            raise InputError(f"config {where}.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
-                             f"{where}.log_every ({self.log_every})")
+        self.validate_loop(where)
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -228,135 +191,33 @@ class AeModel:
 
 def load_ae_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> AeModel:
     """Rebuild the network a model file describes and load its weights (no config needed)."""
-    data = read_model_file(path, MODEL_FORMAT, "AE model")
-    cfg = AeConfig.from_dict(data["network"], where=f"{path}: network")
-    net = AeNet(int(data["in_channels"]), tuple(data["image_shape"]), cfg)
-    net.load_state_dict(data["state_dict"])
-    net.to(device).eval()
-    return AeModel(net=net, meta={k: v for k, v in data.items() if k != "state_dict"})
+    return AeModel(*load_model_file(path, MODEL_FORMAT, "AE model", AeNet, AeConfig.from_dict, device))
 
 
-@torch.no_grad()
-def validation_loss(net: nn.Module, val: torch.Tensor, chunk: int, device: torch.device) -> float:
-    """Mean squared error over the fixed val images (chunks of at least 2: batch 1 is a slow 3D-conv path)."""
-    net.eval()
-    total = 0.0
-    chunk = max(chunk, 2)
-    for start in range(0, len(val), chunk):
-        x = val[start:start + chunk].to(device)
-        total += float((net(x) - x).pow(2).mean()) * len(x)
-    return total / len(val)
+def reconstruction_loss(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean squared error over all voxels and channels of a batch."""
+    return (net(x) - x).pow(2).mean()
 
 
-def _fingerprint(cfg: AeConfig, seed: int, train_paths: Sequence[str | os.PathLike], train: np.ndarray,
-                 val: np.ndarray) -> dict[str, object]:
-    """What a checkpoint must share with this run to be resumed: config (less run length), seed, the data."""
-    relevant = {k: v for k, v in cfg.to_dict().items() if k not in RUN_LENGTH_KEYS}
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (train, val):
-        digest.update(np.ascontiguousarray(array).data)
-    raw = {"config": relevant, "seed": int(seed), "train": [Path(p).name for p in train_paths],
-           "shape": list(train.shape), "data_hash": digest.hexdigest()}
-    return json.loads(json.dumps(raw))
-
-
-def train_ae(
-    train_images: Sequence[str | os.PathLike],
-    val_images: Sequence[str | os.PathLike],
-    model_out: str | os.PathLike,
-    log_out: str | os.PathLike,
-    figure_out: str | os.PathLike | None,
-    checkpoint_dir: str | os.PathLike,
-    cfg: Mapping[str, object] | AeConfig,
-    seed: int,
-    logger: logging.Logger | None = None,
-) -> None:
+def train_ae(train_images: Sequence[str | os.PathLike], val_images: Sequence[str | os.PathLike],
+             model_out: str | os.PathLike, log_out: str | os.PathLike, figure_out: str | os.PathLike | None,
+             checkpoint_dir: str | os.PathLike, cfg: Mapping[str, object] | AeConfig, seed: int,
+             logger: logging.Logger | None = None) -> None:
     """Train (or resume training) the autoencoder with MSE on healthy images; write model, CSV log, figure.
 
-    Batches are drawn with replacement from the training images by an explicit generator (part of the
-    checkpointed RNG state); the loss is the mean squared error over all voxels and channels. The val
-    loss is the same MSE of the EMA weights on the first ``val_images`` val images. No augmentation: the
-    images share the template grid, and flips would teach the AE that asymmetric anatomy is normal.
+    The val loss is the same MSE, of the EMA weights on the first ``val_images`` val images.
     """
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
-    train_images, val_images = as_path_list(train_images), as_path_list(val_images)
-    device = resolve_device(cfg.device)
-    set_deterministic(device)
-    train = load_volumes(train_images)
-    if len(train) < 1:
-        raise InputError("AE training: no training images")
-    val = load_volumes(val_images[: cfg.val_images])
-    if len(val) and val.shape[1:] != train.shape[1:]:
-        raise InputError(f"val image {val_images[0]}: shape {val.shape[1:]} differs from train {train.shape[1:]}")
-    in_channels, shape = int(train.shape[1]), tuple(int(n) for n in train.shape[2:])
-    logger.info("AE training: %d train / %d val images of %s, %d channels, device %s",
-                len(train), len(val), shape, in_channels, device)
+    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger)
 
-    checkpoints = CheckpointDir(checkpoint_dir, keep=cfg.keep_checkpoints)
-    fingerprint = _fingerprint(cfg, seed, train_images, train, val)
-    state = resume_or_start(checkpoints, fingerprint, logger)
-    torch.manual_seed(seed)
-    model = AeNet(in_channels, shape, cfg).to(device)
-    ema = make_ema(model, cfg.ema_decay)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = warmup_scheduler(optimizer, cfg.warmup)
-    generators = {"train": torch.Generator().manual_seed(seed)}
-    log = CsvLog(checkpoints.directory / "training_log.csv", LOG_COLUMNS)
-    checkpoints.directory.mkdir(parents=True, exist_ok=True)
-    start = 0
-    if state is not None:
-        start = restore_training_state(state, model, optimizer, scheduler, ema, generators)
-    log.truncate(start)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("AE network %s: %.3g M parameters; steps %d..%d", cfg.network(), n_params / 1e6, start, cfg.steps)
+    def batch_loss(model: nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
+        return reconstruction_loss(model, trainer.draw(gen, cfg.batch_size).to(trainer.device)), {}
 
-    train_t, val_t = torch.from_numpy(train), torch.from_numpy(val)
-    progress = Progress(cfg.steps, "AE training", logger, start=start)
-    recent: list[float] = []
-    for step in range(start, cfg.steps):
-        idx = torch.randint(len(train_t), (cfg.batch_size,), generator=generators["train"])
-        x = train_t[idx].to(device)
-        model.train()
-        loss = (model(x) - x).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
-        loss_value = float(loss.detach())
-        recent.append(loss_value)
-        done = step + 1
-        val_loss = None
-        if len(val_t) and (done % cfg.val_every == 0 or done == cfg.steps):
-            val_loss = validation_loss(ema.module, val_t, cfg.batch_size, device)
-        if done % cfg.log_every == 0 or done == cfg.steps or val_loss is not None:
-            log.append({"step": done, "lr": lr, "train_loss": float(np.mean(recent)), "val_loss": val_loss})
-            recent = []
-        progress.update(done, loss=loss_value, **({"val_loss": val_loss} if val_loss is not None else {}))
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            checkpoints.save(done, training_state(done, model, optimizer, scheduler, ema, generators,
-                                                  fingerprint=fingerprint))
-
-    model_file = {
-        "format": MODEL_FORMAT,
-        "network": cfg.network(),
-        "in_channels": in_channels,
-        "image_shape": list(shape),
-        "steps": cfg.steps,
-        "seed": int(seed),
-        "config": json.loads(json.dumps(cfg.to_dict())),
-        "state_dict": {k: v.detach().cpu() for k, v in ema.module.state_dict().items()},
-    }
-    save_torch_atomic(model_file, model_out)
-    frame = pd.read_csv(log.path)
-    io.write_table(frame, log_out)
-    if figure_out is not None:
-        plot_training_log(frame, figure_out, cfg)
-    logger.info("AE model written to %s", model_out)
+    net = trainer.train(lambda: AeNet(trainer.data.in_channels, trainer.data.shape, cfg), batch_loss,
+                        reconstruction_loss, [torch.from_numpy(trainer.data.val)], cfg.network())
+    trainer.write(net, model_out, log_out, figure_out, functools.partial(plot_training_log, cfg=cfg), MODEL_FORMAT,
+                  cfg.network())
 
 
 def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfig) -> None:
@@ -366,29 +227,24 @@ def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfi
                      f"batch {cfg.batch_size}, lr {cfg.lr:g}")
 
 
-def write_ae_heatmaps(
-    model_path: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    masks: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    cfg: Mapping[str, object] | AeConfig,
-    logger: logging.Logger | None = None,
-) -> None:
-    """AE heatmaps of a set, written as ``out_dir/{subject}.nii.gz`` with each image's affine."""
-    logger = logger or logging.getLogger("spatial_msma")
-    cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
-    images, masks = as_path_list(images), as_path_list(masks)
-    if len(images) != len(masks):
-        raise InputError(f"AE heatmaps: {len(images)} images but {len(masks)} brain masks")
-    device = resolve_device(cfg.device)
-    model = load_ae_model(model_path, device)
-    logger.info("AE heatmaps (%s error summed over channels) of %d images, device %s", cfg.error, len(images), device)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(images), "AE heatmaps", logger)
-    for k, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
-        image, affine = io.read_channels(image_path)
-        brain, _ = io.read_mask(mask_path)
-        subject = Path(mask_path).name.removesuffix("_brainmask.nii.gz")
-        heat = ae_heatmap(model, image, brain, cfg.error)
-        io.write_nifti(heat, affine, Path(out_dir) / f"{subject}.nii.gz")
-        progress.update(k + 1, mean_in_brain=float(heat[brain].mean()) if brain.any() else 0.0)
+@dataclass(frozen=True)
+class AeDetector:
+    """A trained AE and the reconstruction error it scores (``ae.error``)."""
+
+    model: AeModel
+    error: str
+    label: ClassVar[str] = "AE heatmaps"
+    steps_per_image: ClassVar[int] = 1
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike, cfg: Mapping[str, object] | AeConfig) -> AeDetector:
+        """The model file on the device of ``cfg`` (the ``ae`` heatmap keys: ``error``, ``device``)."""
+        cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
+        return cls(load_ae_model(model_path, resolve_device(cfg.device)), cfg.error)
+
+    def settings(self) -> str:
+        return (f"{self.error} reconstruction error summed over channels, "
+                f"device {next(self.model.net.parameters()).device}")
+
+    def heatmap(self, case: Case) -> np.ndarray:
+        return ae_heatmap(self.model, case.image, case.brain, self.error)

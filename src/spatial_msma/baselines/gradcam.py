@@ -33,9 +33,9 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -46,7 +46,6 @@ from torch import nn
 
 from spatial_msma import io
 from spatial_msma.io import InputError, config_section
-from spatial_msma.progress import Progress
 from spatial_msma.score.msma import (
     COVARIANCE_TYPES,
     NORM_FLOOR,
@@ -57,7 +56,10 @@ from spatial_msma.score.msma import (
     select_levels,
 )
 from spatial_msma.score.network import ScoreNet, load_score_model
-from spatial_msma.training import as_path_list, resolve_device
+from spatial_msma.training import resolve_device
+
+if TYPE_CHECKING:
+    from spatial_msma.detector import Case
 
 #: Tag of a GMM file written by :func:`fit_gradcam_gmm`.
 GMM_FORMAT = "spatial_msma.gradcam_gmm.v1"
@@ -99,19 +101,8 @@ class GradcamConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> GradcamConfig:
-        cfg = config_section(cls, cfg, "gradcam_msma")
-        out = cls(**cfg)  # type: ignore[arg-type]
-        if out.covariance_type not in COVARIANCE_TYPES:
-            raise InputError(f"config gradcam_msma.covariance_type: expected one of {COVARIANCE_TYPES}, "
-                             f"got {out.covariance_type!r}")
-        for key in ("n_components", "n_levels"):
-            value = getattr(out, key)
-            if value is None and key == "n_levels":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"config gradcam_msma.{key}: must be an integer >= 1, got {value!r}")
-        if not out.reg_covar > 0:
-            raise InputError(f"config gradcam_msma.reg_covar: must be > 0, got {out.reg_covar}")
+        out = cls(**config_section(cls, cfg, "gradcam_msma"))  # type: ignore[arg-type]
+        out.gmm_config().check("gradcam_msma")
         if not isinstance(out.layer, str) or not out.layer:
             raise InputError(f"config gradcam_msma.layer: expected a module name, got {out.layer!r}")
         if not isinstance(out.guided_silu, bool):
@@ -235,17 +226,17 @@ def _guided_rule(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
 
 
 def fit_gradcam_gmm(
-    train: Sequence[str | os.PathLike],
+    train: str | os.PathLike,
     out: str | os.PathLike,
     cfg: Mapping[str, object] | GradcamConfig,
     seed: int,
     logger: logging.Logger | None = None,
 ) -> GaussianMixture:
-    """Fit the image-level GMM on the train score-norm cache (files or the set's manifest) and write its
-    parameters (full-form precision Cholesky factors), the sigma levels and the train NLLs to ``out``."""
+    """Fit the image-level GMM on the train score-norm cache (the set's manifest) and write its parameters
+    (full-form precision Cholesky factors), the sigma levels and the train NLLs to ``out``."""
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, GradcamConfig) else GradcamConfig.from_dict(cfg)
-    norms = read_image_norms("train", as_path_list(train))
+    norms = read_image_norms("train", train)
     levels = select_levels(len(norms.sigmas), cfg.n_levels)
     features = image_features(norms.image_norms, levels)
     gmm = fit_image_gmm(features, cfg.gmm_config(), seed)
@@ -284,12 +275,21 @@ def read_gradcam_gmm(path: str | os.PathLike) -> tuple[TorchGmm, np.ndarray]:
 
 @dataclass
 class GradcamDetector:
-    """Everything :func:`gradcam_heatmap` needs: the differentiable NLL and the Grad-CAM layer."""
+    """GradCAM-MSMA's detector: the differentiable NLL and the Grad-CAM layer, all :func:`gradcam_heatmap` needs."""
 
     nll: MsmaNll
     layer: nn.Module
     layer_name: str
     guided_silu: bool = True
+    label: ClassVar[str] = "GradCAM-MSMA heatmaps"
+    steps_per_image: ClassVar[int] = 1
+
+    def settings(self) -> str:
+        return (f"layer {self.layer_name}, {len(self.nll.sigmas)} levels, guided SiLU {self.guided_silu}, "
+                f"device {self.nll.sigmas.device}")
+
+    def heatmap(self, case: Case) -> np.ndarray:
+        return gradcam_heatmap(self, case.image, case.brain)[0]
 
 
 def late_layers(net: ScoreNet) -> list[str]:
@@ -320,10 +320,10 @@ def build_detector(net: ScoreNet, gmm: TorchGmm, sigmas: np.ndarray, layer: str,
 
 
 def load_gradcam_detector(score_model: str | os.PathLike, gmm_path: str | os.PathLike,
-                          cfg: Mapping[str, object] | GradcamConfig, device: torch.device | str = "cpu"
-                          ) -> GradcamDetector:
+                          cfg: Mapping[str, object] | GradcamConfig) -> GradcamDetector:
+    """The detector of a score model and a GMM file, on the device of ``cfg`` (the ``gradcam_msma`` section)."""
     cfg = cfg if isinstance(cfg, GradcamConfig) else GradcamConfig.from_dict(cfg)
-    model = load_score_model(score_model, device)
+    model = load_score_model(score_model, resolve_device(cfg.device))
     gmm, sigmas = read_gradcam_gmm(gmm_path)
     return build_detector(model.net, gmm, sigmas, cfg.layer, cfg.guided_silu)
 
@@ -357,34 +357,3 @@ def gradcam_heatmap(detector: GradcamDetector, image: np.ndarray, mask: np.ndarr
     with torch.no_grad():
         nll = float(detector.nll(x)[0])
     return np.where(mask, heat, 0.0).astype(np.float32), nll
-
-
-def write_gradcam_heatmaps(
-    score_model: str | os.PathLike,
-    gmm_path: str | os.PathLike,
-    images: Sequence[str | os.PathLike],
-    masks: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    cfg: Mapping[str, object] | GradcamConfig,
-    logger: logging.Logger | None = None,
-) -> None:
-    """GradCAM-MSMA heatmaps of a set, written as ``out_dir/{subject}.nii.gz`` with each image's affine."""
-    logger = logger or logging.getLogger("spatial_msma")
-    cfg = cfg if isinstance(cfg, GradcamConfig) else GradcamConfig.from_dict(cfg)
-    images, masks = as_path_list(images), as_path_list(masks)
-    if len(images) != len(masks):
-        raise InputError(f"GradCAM-MSMA heatmaps: {len(images)} images but {len(masks)} brain masks")
-    device = resolve_device(cfg.device)
-    detector = load_gradcam_detector(score_model, gmm_path, cfg, device)
-    logger.info("GradCAM-MSMA heatmaps of %d images: layer %s, %d levels, guided SiLU %s, device %s",
-                len(images), detector.layer_name, len(detector.nll.sigmas), cfg.guided_silu, device)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(images), "GradCAM-MSMA heatmaps", logger)
-    for k, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
-        image, affine = io.read_channels(image_path)
-        brain, _ = io.read_mask(mask_path)
-        subject = Path(mask_path).name.removesuffix("_brainmask.nii.gz")
-        heat, nll = gradcam_heatmap(detector, image, brain)
-        io.write_nifti(heat, affine, Path(out_dir) / f"{subject}.nii.gz")
-        logger.info("%s: image NLL %.4g", subject, nll)
-        progress.update(k + 1)

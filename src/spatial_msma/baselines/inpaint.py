@@ -14,10 +14,10 @@ from its surroundings; a lesion is not.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -30,11 +30,13 @@ from spatial_msma.baselines.sampling import (
     pc_sample,
     run_seed,
     sigma_grid,
-    write_heatmaps_for_set,
 )
 from spatial_msma.io import InputError, config_section
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.training import resolve_device, set_deterministic
+
+if TYPE_CHECKING:
+    from spatial_msma.detector import Case
 
 
 @dataclass(frozen=True)
@@ -157,29 +159,33 @@ def inpaint_heatmap(
     return np.where(brain, heatmap, 0.0).astype(np.float32)
 
 
-def write_inpaint_heatmaps(
-    model_path: str | Path,
-    images: Sequence[str | Path],
-    masks: Sequence[str | Path],
-    out_dir: str | Path,
-    cfg: Mapping[str, object] | InpaintConfig,
-    seed: int,
-    logger: logging.Logger | None = None,
-) -> None:
-    """Inpaint heatmaps of a set of images as ``out_dir/{subject}.nii.gz``."""
-    logger = logger or logging.getLogger("spatial_msma")
-    cfg = cfg if isinstance(cfg, InpaintConfig) else InpaintConfig.from_dict(cfg)
-    device = resolve_device(cfg.device)
-    set_deterministic(device)
-    model = load_score_model(model_path, device)
-    logger.info("inpaint: %d runs x %d steps (+%d corrector steps each, snr %g) from t %g (sigma %.4g), "
-                "cubes of %s voxels, batches of %d runs, device %s: %d network evaluations per volume",
-                cfg.runs, cfg.steps, cfg.corrector_steps, cfg.snr, cfg.t_start,
-                float(model.sde.sigma(torch.tensor(cfg.t_start))),
-                "x".join(map(str, cfg.cube_edges(model.net.image_shape))), cfg.batch_size, device,
-                cfg.evaluations_per_volume())
+@dataclass(frozen=True)
+class InpaintDetector:
+    """The score model, the ``inpaint`` settings and the run's seed (each subject's runs are seeded from it)."""
 
-    def one(image: np.ndarray, brain: np.ndarray, subject: str, on_step: Callable[[int], None]) -> np.ndarray:
-        return inpaint_heatmap(model, image, brain, cfg, seed, subject, on_step)
+    model: ScoreModel
+    cfg: InpaintConfig
+    seed: int
+    label: ClassVar[str] = "Inpaint heatmaps"
 
-    write_heatmaps_for_set(images, masks, out_dir, one, cfg.runs * cfg.steps, "inpaint", logger)
+    @classmethod
+    def load(cls, model_path: str | Path, cfg: Mapping[str, object] | InpaintConfig, seed: int) -> InpaintDetector:
+        cfg = cfg if isinstance(cfg, InpaintConfig) else InpaintConfig.from_dict(cfg)
+        device = resolve_device(cfg.device)
+        set_deterministic(device)
+        return cls(load_score_model(model_path, device), cfg, seed)
+
+    @property
+    def steps_per_image(self) -> int:
+        return self.cfg.runs * self.cfg.steps
+
+    def settings(self) -> str:
+        cfg, sde = self.cfg, self.model.sde
+        return (f"{cfg.runs} runs x {cfg.steps} steps (+{cfg.corrector_steps} corrector steps each, snr {cfg.snr:g}) "
+                f"from t {cfg.t_start:g} (sigma {float(sde.sigma(torch.tensor(cfg.t_start))):.4g}), cubes of "
+                f"{'x'.join(map(str, cfg.cube_edges(self.model.net.image_shape)))} voxels, batches of "
+                f"{cfg.batch_size} runs, device {next(self.model.net.parameters()).device}: "
+                f"{cfg.evaluations_per_volume()} network evaluations per volume")
+
+    def heatmap(self, case: Case) -> np.ndarray:
+        return inpaint_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.subject, case.on_step)

@@ -29,17 +29,12 @@ same seeds give the same bytes on the same machine and thread count.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from spatial_msma import io
 from spatial_msma.io import InputError
-from spatial_msma.progress import Progress
 from spatial_msma.score.sde import VESDE
 
 #: s(x, sigma) for a (B, ...) batch and (B,) noise levels: the trained ScoreNet, or an analytic score in tests.
@@ -175,43 +170,3 @@ def model_score_fn(net: torch.nn.Module) -> ScoreFn:
         return net(x, sigma)
 
     return score
-
-
-def write_heatmaps_for_set(
-    images: Sequence[str | Path],
-    masks: Sequence[str | Path],
-    out_dir: str | Path,
-    heatmap_fn: Callable[[np.ndarray, np.ndarray, str, Callable[[int], None]], np.ndarray],
-    steps_per_image: int,
-    label: str,
-    logger: logging.Logger | None = None,
-) -> None:
-    """Heatmaps of a set of images as ``out_dir/{subject}.nii.gz`` (each with its image's affine).
-
-    ``heatmap_fn(image, brain, subject, on_step)`` computes one brain-masked heatmap and calls
-    ``on_step(k)`` after its k-th sampler step (of ``steps_per_image``); progress lines (volumes done,
-    steps/s, ETA) go to ``logger``.
-    """
-    logger = logger or logging.getLogger("spatial_msma")
-    images, masks = [str(p) for p in images], [str(p) for p in masks]
-    if len(images) != len(masks):
-        raise InputError(f"{label}: {len(images)} images but {len(masks)} brain masks")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    progress = Progress(len(images) * steps_per_image, label, logger)
-    for done, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
-        image, affine = io.read_channels(image_path)
-        brain, _ = io.read_mask(mask_path)
-        if brain.shape != image.shape[1:]:
-            raise InputError(f"brain mask {mask_path}: shape {brain.shape} differs from image {image.shape[1:]}")
-        subject = Path(mask_path).name.removesuffix("_brainmask.nii.gz")
-        base = done * steps_per_image
-
-        def on_step(k: int, base: int = base, done: int = done) -> None:
-            if k < steps_per_image:  # the volume's last step is reported below, with the volume counted
-                progress.update(base + k, volumes=done)
-
-        heatmap = heatmap_fn(image, brain, subject, on_step)
-        io.write_nifti(heatmap, affine, out / f"{subject}.nii.gz")
-        progress.update((done + 1) * steps_per_image, volumes=done + 1)
-    logger.info("%s: heatmaps for %d images in %s", label, len(images), out)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from spatial_msma.io import InputError, config_section
-from spatial_msma.names import protocol_name
+from spatial_msma.protocols import protocol_name
 
 
 @dataclass(frozen=True)

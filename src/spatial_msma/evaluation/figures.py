@@ -29,8 +29,9 @@ from spatial_msma.evaluation.pipeline import (
 )
 from spatial_msma.evaluation.postprocess import prepare_reference, rim_for, segment
 from spatial_msma.io import InputError, read_channels, read_mask, save_figure
-from spatial_msma.names import display_name, method_order, protocol_name
+from spatial_msma.methods import display_name, method_order
 from spatial_msma.progress import Progress
+from spatial_msma.protocols import protocol_name
 
 PathLike = str | os.PathLike
 CLIP_PERCENTILES = (90.0, 99.9)

@@ -33,8 +33,8 @@ from spatial_msma.evaluation.metrics import (
 from spatial_msma.evaluation.postprocess import label_components, prepare_reference, rim_for, segment
 from spatial_msma.evaluation.thresholds import fpr_thresholds, healthy_voxels, oracle_threshold
 from spatial_msma.io import InputError, load_nifti, write_json, write_table
-from spatial_msma.names import protocol_name
 from spatial_msma.progress import Progress
+from spatial_msma.protocols import protocol_name
 
 HEATMAP_SUFFIX = ".nii.gz"
 MASK_SUFFIX = "_mask.nii.gz"

@@ -19,18 +19,11 @@ from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import SIZE_BIN_LABELS, SIZE_BIN_NAMES
 from spatial_msma.evaluation.pipeline import load_thresholds
 from spatial_msma.io import InputError, write_table, write_text
-from spatial_msma.names import METHOD_NAMES, display_name, method_order, protocol_name
+from spatial_msma.methods import METHODS, display_name, method_order, table1_keys
+from spatial_msma.protocols import protocol_name
 
 PathLike = str | os.PathLike
 
-# The paper's Table 1 (165 test subjects, 2 mm voxels, lesion load 20 mL, oracle protocol): (mean, SE).
-PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
-    "ae": {"hd99": (12.27, 0.51), "msd": (3.63, 0.35), "tpr": (0.44, 0.02), "ppv": (0.19, 0.01)},
-    "inpaint": {"hd99": (13.26, 0.50), "msd": (3.71, 0.27), "tpr": (0.63, 0.02), "ppv": (0.50, 0.02)},
-    "restoration": {"hd99": (8.67, 0.53), "msd": (2.68, 0.36), "tpr": (0.68, 0.02), "ppv": (0.17, 0.01)},
-    "gradcam_msma": {"hd99": (12.68, 0.54), "msd": (3.75, 0.37), "tpr": (0.43, 0.02), "ppv": (0.16, 0.01)},
-    "spatial_msma": {"hd99": (7.05, 0.61), "msd": (2.10, 0.43), "tpr": (0.83, 0.01), "ppv": (0.96, 0.01)},
-}
 PRIMARY = ("hd99", "msd", "tpr", "ppv")
 EXTRA = ("dice", "best_dice", "auroc", "auprc", "contrast", "hd99_mm", "msd_mm")
 HEADERS = {
@@ -171,7 +164,7 @@ def markdown_report(
     rows, extra_rows = [], []
     for r in summary.itertuples(index=False):
         r = r._asdict()
-        paper = PAPER_TABLE1.get(r["method"], {})
+        paper = METHODS[r["method"]].paper if r["method"] in METHODS else {}
         cells = [r["name"], str(r["n"]), str(r["missed"])]
         for metric in PRIMARY:
             cells.append(_pm(r[f"{metric}_mean"], r[f"{metric}_se"]))
@@ -204,10 +197,7 @@ def markdown_report(
                 f"{_num(t, 2)} ({d}/{n})" for t, d, n in zip(b["tpr"], b["detected"], b["lesions"], strict=True)])
         lines += ["## TPR per lesion volume (mm³, MS-MIST bins)", "",
                   _md_table(["method", *SIZE_BIN_LABELS], bin_rows), ""]
-    notes = []
-    if "zscore" in present:
-        notes.append(f"{METHOD_NAMES['zscore']}: per-voxel intensity z-score against the training subjects, "
-                     "no learned model — the floor every learned method must clear.")
+    notes = [f"{METHODS[m].name}: {METHODS[m].note}" for m in present if m in METHODS and METHODS[m].note]
     if missing:
         notes.append("Not evaluated (no metrics CSV for this protocol): "
                      + ", ".join(display_name(m) for m in missing) + ".")
@@ -235,7 +225,7 @@ def write_tables(
     """
     logger = logger or logging.getLogger("spatial_msma")
     protocols = list(protocols) if protocols is not None else cfg.protocols
-    expected = list(expected_methods) if expected_methods is not None else list(METHOD_NAMES)
+    expected = list(expected_methods) if expected_methods is not None else table1_keys()
     needed = [f"{p}_{kind}" for p in protocols for kind in ("csv", "md")] + ["size_bins_csv"]
     absent = [k for k in needed if k not in outputs]
     if absent:

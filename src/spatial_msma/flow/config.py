@@ -1,9 +1,10 @@
-"""The ``flow`` config section as a typed, validated object, and the ablation variants derived from it.
+"""The ``flow`` config section as a typed, validated object.
 
-The workflow passes ``config["flow"]`` as a plain dict; :func:`method_config` turns it into a
-:class:`FlowConfig` (unknown keys and bad values are an :class:`~spatial_msma.io.InputError` naming the
-key) and applies the overrides of one heatmap method key, so an ablation is one line in
-:data:`METHODS` instead of a second config section that can drift from the first.
+The workflow passes ``config["flow"]`` as a plain dict, with the overrides of the job's method applied
+(:func:`spatial_msma.methods.flow_section`: an ablation is one entry in the method registry instead of a
+second config section that can drift from the first); :meth:`FlowConfig.from_dict` turns it into a
+:class:`FlowConfig`, and unknown keys and bad values are an :class:`~spatial_msma.io.InputError` naming
+the key.
 """
 
 from __future__ import annotations
@@ -204,22 +205,3 @@ def _check_types(obj: object, where: str) -> None:
         if not ok:
             expected = "a number or null" if default is None else type(default).__name__
             raise InputError(f"{where}.{f.name}: expected {expected}, got {value!r}")
-
-
-#: Heatmap method key -> overrides of the ``flow`` section. Every key writes
-#: ``results/heatmaps/{method}/{set}/{subject}.nii.gz`` with the same layout.
-METHODS: dict[str, dict[str, Any]] = {
-    "spatial_msma": {},
-    "spatial_msma_nopos": {"use_position": False},
-    "spatial_msma_noglobal": {"use_global": False},
-    "spatial_msma_gmm": {"base": "gmm"},
-    "voxel_gaussian": {"model": "voxel_gaussian"},
-}
-
-
-def method_config(section: dict[str, Any] | FlowConfig | None, method: str = "spatial_msma") -> FlowConfig:
-    """The config of one method key: the ``flow`` section with that method's overrides applied."""
-    if method not in METHODS:
-        raise InputError(f"flow method {method!r} is not one of {sorted(METHODS)}")
-    base = section.to_dict() if isinstance(section, FlowConfig) else dict(section or {})
-    return FlowConfig.from_dict({**base, **METHODS[method]})

@@ -20,7 +20,8 @@ import torch
 from scipy import ndimage
 
 from spatial_msma.flow.data import SubjectData
-from spatial_msma.flow.model import ModelMeta, meta_from_dict, meta_to_dict, save_torch
+from spatial_msma.flow.model import ModelMeta, meta_from_dict, meta_to_dict
+from spatial_msma.training import save_torch
 
 
 @dataclass(frozen=True)

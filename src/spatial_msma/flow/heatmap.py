@@ -23,10 +23,10 @@ check it on the lesioned validation set of real data (``one_sided: false`` switc
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,9 +36,12 @@ from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.data import SubjectData, load_subject
 from spatial_msma.flow.gaussian import VoxelGaussian, voxel_gaussian_from_payload
 from spatial_msma.flow.model import SpatialFlow, flow_from_payload, load_payload
-from spatial_msma.io import InputError, write_nifti
-from spatial_msma.progress import Progress
-from spatial_msma.training import as_path_list, resolve_device
+from spatial_msma.io import InputError
+from spatial_msma.score.cache import CacheSet, cache_path, read_manifest
+from spatial_msma.training import resolve_device
+
+if TYPE_CHECKING:
+    from spatial_msma.detector import Case
 
 DensityModel = SpatialFlow | VoxelGaussian
 
@@ -116,33 +119,49 @@ def subject_heatmap(model: DensityModel, subject: SubjectData, one_sided: bool, 
     return out
 
 
-def write_heatmaps(model_path: str | os.PathLike, norm_paths: Sequence[str | os.PathLike],
-                   image_paths: Sequence[str | os.PathLike], out_paths: Sequence[str | os.PathLike],
-                   cfg: FlowConfig | dict[str, Any] | None = None, logger: logging.Logger | None = None) -> None:
-    """Score every image of a set with one model; ``out_paths[i]`` gets the heatmap of pair i.
+@dataclass(frozen=True)
+class FlowDetector:
+    """A trained flow or voxel-Gaussian model, the scoring keys of the ``flow`` section, and the score-norm
+    cache of the set it scores (a case's norms are its subject's file in the set's manifest).
 
-    From ``cfg`` (the ``flow`` section) only the scoring keys are used: ``one_sided``, ``mode_stride``,
-    ``chunk_voxels``, ``device``; the model file itself says whether it is a flow or the voxel Gaussian, and which
+    From the scoring config only ``one_sided``, ``mode_stride``, ``heatmap_jacobian``, ``chunk_voxels`` and
+    ``device`` are used; the model file itself says whether it is a flow or the voxel Gaussian, and which
     features and levels it expects.
     """
-    logger = logger or logging.getLogger("spatial_msma")
-    norm_paths, image_paths = as_path_list(norm_paths), as_path_list(image_paths)
-    out_paths = as_path_list(out_paths)
-    scoring = cfg if isinstance(cfg, FlowConfig) else FlowConfig.from_dict(cfg)
-    one_sided = scoring.one_sided
-    if not len(norm_paths) == len(image_paths) == len(out_paths):
-        raise InputError(f"heatmaps: {len(norm_paths)} score-norm files, {len(image_paths)} images and "
-                         f"{len(out_paths)} outputs must correspond one to one")
-    model, train_cfg = load_density_model(model_path)
-    torch_device = resolve_device(scoring.device)
-    progress = Progress(len(out_paths), "heatmaps", logger)
-    for n, (norm_path, image_path, out_path) in enumerate(zip(norm_paths, image_paths, out_paths, strict=True)):
-        subject = load_subject(norm_path, image_path, np.asarray(model.meta.levels), train_cfg.log_transform,
-                               train_cfg.log_eps)
-        model.meta.check_compatible(subject.sigmas, subject.mask.shape, subject.affine, f"score norms {norm_path}")
-        heat = subject_heatmap(model, subject, one_sided, scoring.chunk_voxels, torch_device, scoring.mode_stride,
-                               scoring.heatmap_jacobian)
-        write_nifti(heat, subject.affine, out_path)
-        progress.update(n + 1)
-    logger.info("heatmaps: wrote %d maps (%s, one_sided=%s, jacobian=%s) from %s", len(out_paths),
-                type(model).__name__, one_sided, scoring.heatmap_jacobian, model_path)
+
+    model: DensityModel
+    train_cfg: FlowConfig
+    scoring: FlowConfig
+    norms: CacheSet
+    device: torch.device
+    steps_per_image: ClassVar[int] = 1
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike, cfg: FlowConfig | Mapping[str, Any] | None,
+             norms_manifest: str | os.PathLike) -> FlowDetector:
+        model, train_cfg = load_density_model(model_path)
+        scoring = cfg if isinstance(cfg, FlowConfig) else FlowConfig.from_dict(cfg)
+        return cls(model, train_cfg, scoring, read_manifest(norms_manifest), resolve_device(scoring.device))
+
+    @property
+    def label(self) -> str:
+        return f"{type(self.model).__name__} heatmaps"
+
+    def settings(self) -> str:
+        s = self.scoring
+        return (f"one_sided={s.one_sided}, jacobian={s.heatmap_jacobian}, mode_stride {s.mode_stride}, "
+                f"{len(self.model.meta.levels)} levels, device {self.device}")
+
+    def heatmap(self, case: Case) -> np.ndarray:
+        if case.subject not in self.norms.subjects:
+            raise InputError(f"score-norm manifest {self.norms.manifest}: no subject {case.subject}")
+        norm_path = cache_path(self.norms.manifest, case.subject)
+        subject = load_subject(norm_path, case.image_path, np.asarray(self.model.meta.levels),
+                               self.train_cfg.log_transform, self.train_cfg.log_eps)
+        self.model.meta.check_compatible(subject.sigmas, subject.mask.shape, subject.affine,
+                                         f"score-norm cache {norm_path}")
+        if not np.array_equal(subject.mask, case.brain):
+            raise InputError(f"score-norm cache {norm_path}: its mask differs from the brain mask of {case.subject}")
+        s = self.scoring
+        return subject_heatmap(self.model, subject, s.one_sided, s.chunk_voxels, self.device, s.mode_stride,
+                               s.heatmap_jacobian)

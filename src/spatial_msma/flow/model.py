@@ -14,7 +14,6 @@ which is the only direction training and heatmaps need.
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,8 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.context import GlobalImageEncoder, PositionCode
-from spatial_msma.io import InputError, atomic_path
+from spatial_msma.io import InputError
+from spatial_msma.training import save_torch
 
 
 class ContextFreeGaussianMixture(nf.distributions.GaussianMixture):
@@ -278,15 +278,6 @@ def save_flow(model: SpatialFlow, path: str | os.PathLike, extra: dict[str, Any]
     payload = {"kind": "flow", "config": model.cfg.to_dict(), "meta": meta_to_dict(model.meta),
                "state_dict": model.state_dict(), "extra": extra or {}}
     save_torch(payload, path)
-
-
-def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` atomically and reproducibly: serialised in memory first, because torch names the
-    archive's root folder after the file, and the atomic temporary name is random."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
 
 
 def meta_to_dict(meta: ModelMeta) -> dict[str, Any]:

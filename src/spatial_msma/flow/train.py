@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.optim.swa_utils import AveragedModel
 
-from spatial_msma.flow.config import FlowConfig, method_config
+from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.data import SubjectData, feature_stats, level_selection, load_subjects, subsample_voxels
 from spatial_msma.flow.gaussian import VoxelGaussian, fit_voxel_gaussian, save_voxel_gaussian
 from spatial_msma.flow.model import ModelMeta, SpatialFlow, save_flow
@@ -35,6 +34,8 @@ from spatial_msma.progress import Progress
 from spatial_msma.training import (
     CheckpointDir,
     as_path_list,
+    fingerprint,
+    make_ema,
     resolve_device,
     restore_training_state,
     resume_or_start,
@@ -42,9 +43,6 @@ from spatial_msma.training import (
     training_state,
     warmup_scheduler,
 )
-
-#: Config keys that may change between a checkpoint and a rerun without invalidating it.
-RESUMABLE_KEYS = ("steps", "val_every", "checkpoint_every", "device", "one_sided", "mode_stride", "chunk_voxels")
 
 
 @dataclass
@@ -128,26 +126,6 @@ def gaussian_set_nll(model: VoxelGaussian, voxels: VoxelSet, rows: np.ndarray) -
     return float(model.nll(x, index, one_sided=False).astype(np.float64).mean())
 
 
-def _fingerprint(cfg: FlowConfig, seed: int, meta: ModelMeta, n_train: int, n_val: int) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed (config minus run-length knobs, seed, data layout)."""
-    conf = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_KEYS}
-    return {"config": conf, "seed": seed, "levels": list(meta.levels), "shape": list(meta.shape),
-            "feature_mean": list(meta.feature_mean), "n_train": n_train, "n_val": n_val}
-
-
-def make_parameter_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
-    """EMA of the parameters only, with ``training.make_ema``'s warm-up (min(decay, (1+n)/(10+n))).
-
-    ``training.make_ema`` also averages buffers, and ``torch._foreach_lerp_`` fails on the integer
-    permutation buffers of normflows' ``LULinearPermute``; the flow's buffers are constants anyway.
-    """
-    def ema_update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged) -> None:
-        n = float(n_averaged)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
-
-    return AveragedModel(model, multi_avg_fn=ema_update, use_buffers=False)
-
-
 def _state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -173,32 +151,32 @@ def plot_training(log: pd.DataFrame, path: str | os.PathLike, title: str) -> Non
     save_figure(fig, path)
 
 
-def train_flow(train_norms: Sequence[str | os.PathLike], train_images: Sequence[str | os.PathLike],
-               val_norms: Sequence[str | os.PathLike], val_images: Sequence[str | os.PathLike],
+def train_flow(train_manifest: str | os.PathLike, train_images: Sequence[str | os.PathLike],
+               val_manifest: str | os.PathLike, val_images: Sequence[str | os.PathLike],
                model_path: str | os.PathLike, checkpoint_dir: str | os.PathLike, log_csv: str | os.PathLike,
                figure_path: str | os.PathLike, cfg: FlowConfig | dict[str, Any] | None, seed: int,
-               method: str = "spatial_msma", logger: logging.Logger | None = None) -> dict[str, float]:
+               logger: logging.Logger | None = None) -> dict[str, float]:
     """Train (or fit, for ``voxel_gaussian``) one method's density model and write model, CSV log, figure.
 
-    ``cfg`` is the ``flow`` section (dict or :class:`FlowConfig`); ``method`` applies that heatmap
-    method's ablation overrides (:data:`~spatial_msma.flow.config.METHODS`). ``checkpoint_dir`` holds the
+    ``train_manifest`` / ``val_manifest``: the sets' score-norm manifests, their images in the same order.
+    ``cfg`` is the method's ``flow`` section (dict or :class:`FlowConfig`; an ablation's overrides already
+    applied, :func:`spatial_msma.methods.flow_section`). ``checkpoint_dir`` holds the
     resumable state (not a Snakemake output, so a rerun keeps it). Returns the final validation NLLs
     (``val_nll`` of the written model, ``val_nll_gaussian``).
     """
     logger = logger or logging.getLogger("spatial_msma")
-    cfg = method_config(cfg, method)
-    train_norms, train_images = as_path_list(train_norms), as_path_list(train_images)
-    val_norms, val_images = as_path_list(val_norms), as_path_list(val_images)
+    cfg = cfg if isinstance(cfg, FlowConfig) else FlowConfig.from_dict(cfg)
+    train_images, val_images = as_path_list(train_images), as_path_list(val_images)
     device = resolve_device(cfg.device)
-    train = load_subjects(train_norms, train_images, cfg.log_transform, cfg.log_eps, max_sigma=cfg.max_sigma)
+    train = load_subjects(train_manifest, train_images, cfg.log_transform, cfg.log_eps, max_sigma=cfg.max_sigma)
     train = subsample_voxels(train, cfg.voxels_per_subject, seed)
     levels = level_selection(train[0].sigmas, cfg.max_sigma)
-    val = load_subjects(val_norms, val_images, cfg.log_transform, cfg.log_eps, levels=levels)
+    val = load_subjects(val_manifest, val_images, cfg.log_transform, cfg.log_eps, levels=levels)
     mean, std = feature_stats(train)
     meta = ModelMeta(levels=levels.tolist(), sigmas=train[0].sigmas.tolist(), shape=tuple(train[0].mask.shape),
                      affine=train[0].affine.tolist(), in_channels=int(train[0].image.shape[0]),
                      feature_mean=mean.tolist(), feature_std=std.tolist())
-    meta.check_compatible(val[0].sigmas, val[0].mask.shape, val[0].affine, f"validation set ({val_norms[0]})")
+    meta.check_compatible(val[0].sigmas, val[0].mask.shape, val[0].affine, f"validation set ({val_manifest})")
     logger.info("flow: %d training / %d validation images, levels %s of %d, %d training voxels, device %s",
                 len(train), len(val), levels.tolist(), len(meta.sigmas),
                 sum(s.index.shape[0] for s in train), device)
@@ -230,23 +208,26 @@ def _train_loop(model: SpatialFlow, train_set: VoxelSet, val_set: VoxelSet, val_
                 logger: logging.Logger) -> dict[str, float]:
     device = train_set.features.device
     set_deterministic(device)
-    ema = make_parameter_ema(model, cfg.ema_decay)
+    ema = make_ema(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_scheduler(optimizer, cfg.warmup_steps)
     generators = {"batches": torch.Generator().manual_seed(seed + 1)}
-    fingerprint = _fingerprint(cfg, seed, model.meta, len(train_set.offsets) - 1, len(val_set.offsets) - 1)
+    meta = model.meta
+    resume_key = fingerprint(cfg.to_dict(), seed, levels=list(meta.levels), shape=list(meta.shape),
+                             feature_mean=list(meta.feature_mean), n_train=len(train_set.offsets) - 1,
+                             n_val=len(val_set.offsets) - 1)
     checkpoints = CheckpointDir(checkpoint_dir)
     rows: list[dict[str, Any]] = []
     best: dict[str, Any] = {"val_nll": float("inf"), "source": "", "step": 0, "state": None}
     step, loss_sum, loss_n = 0, 0.0, 0
-    state = resume_or_start(checkpoints, fingerprint, logger)
+    state = resume_or_start(checkpoints, resume_key, logger)
     if state is not None:
         step = restore_training_state(state, model, optimizer, scheduler, ema, generators)
         rows, best, loss_sum, loss_n = state["rows"], state["best"], state["loss_sum"], state["loss_n"]
 
     def checkpoint() -> None:
         checkpoints.save(step, training_state(step, model, optimizer, scheduler, ema, generators,
-                                              fingerprint=fingerprint, rows=rows, best=best,
+                                              fingerprint=resume_key, rows=rows, best=best,
                                               loss_sum=loss_sum, loss_n=loss_n))
 
     progress = Progress(cfg.steps, "flow", logger, start=step)

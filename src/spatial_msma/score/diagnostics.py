@@ -25,9 +25,8 @@ from scipy import ndimage
 
 from spatial_msma import io
 from spatial_msma.io import InputError
+from spatial_msma.score.cache import read_manifest, same_levels
 from spatial_msma.score.msma import NORM_FLOOR, lesion_vs_healthy_samples, read_image_norms, safe_auroc
-from spatial_msma.score.norms import expand_cache_paths, read_norm_cache
-from spatial_msma.training import as_path_list
 
 PathLike = str | os.PathLike
 
@@ -38,28 +37,24 @@ REFERENCE_POOL = 3
 REFERENCE_SD_FLOOR = 0.05
 
 
-def voxel_reference(train: Sequence[PathLike], pool: int = REFERENCE_POOL) -> tuple[np.ndarray, np.ndarray]:
+def voxel_reference(train: PathLike, pool: int = REFERENCE_POOL) -> tuple[np.ndarray, np.ndarray]:
     """Per-level, per-voxel mean and SD (L, X, Y, Z) of the log patch norms of healthy training images.
 
-    Pooled over ``pool``^3 neighbours of every image (in-brain voxels only), so 40 images give about 1000
-    samples per voxel; voxels no training image covers get mean 0 and SD 1.
+    ``train`` is the training set's score-norm manifest. Pooled over ``pool``^3 neighbours of every image
+    (in-brain voxels only), so each voxel's statistics rest on pool^3 times the number of images; voxels no
+    training image covers get mean 0 and SD 1.
     """
-    paths = expand_cache_paths(as_path_list(train))
-    if not paths:
-        raise InputError("score-level diagnostics: no training caches for the per-voxel reference")
     total = squares = count = None
-    for path in paths:
-        cache = read_norm_cache(path)
-        brain = cache["mask"]
-        log_norm = np.where(brain, np.log(np.maximum(cache["patch_norms"].astype(np.float64), NORM_FLOOR)), 0.0)
+    for cache in read_manifest(train).caches():
+        brain = cache.mask
+        log_norm = np.where(brain, np.log(np.maximum(cache.patch_norms.astype(np.float64), NORM_FLOOR)), 0.0)
         if total is None:
             total, squares, count = np.zeros_like(log_norm), np.zeros_like(log_norm), np.zeros(brain.shape)
-        elif log_norm.shape != total.shape:
-            raise InputError(f"score-norm cache {path}: shape {log_norm.shape} differs from the other training "
-                             f"caches {total.shape}")
         total += log_norm
         squares += log_norm**2
         count += brain
+    if total is None:
+        raise InputError(f"score-level diagnostics: no training caches in {train} for the per-voxel reference")
     size = (1, pool, pool, pool)
     n = ndimage.uniform_filter(count, size=pool, mode="constant")[None]
     mean = ndimage.uniform_filter(total, size=size, mode="constant")
@@ -71,19 +66,19 @@ def voxel_reference(train: Sequence[PathLike], pool: int = REFERENCE_POOL) -> tu
 
 
 def level_aurocs(
-    lesioned: Sequence[PathLike], lesion_free: Sequence[PathLike], lesion_masks: Sequence[PathLike], seed: int,
+    lesioned: PathLike, lesion_free: PathLike, lesion_masks: Sequence[PathLike], seed: int,
     reference: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """One row per cached level: sigma, voxel AUROC of the patch norm, image AUROC of the whole-image norm.
 
-    ``lesioned`` / ``lesion_free``: score-norm caches (or manifests) of the same subjects with and without
-    lesions; ``lesion_masks`` in the order of ``lesioned``. Higher norm = more anomalous for both AUROCs, so
-    a value below 0.5 means the level sees lesions as unusually LOW norms. ``reference``: the per-voxel
-    (mean, SD) of :func:`voxel_reference`, which adds ``voxel_auroc_standardised`` (AUROC of the per-voxel z).
+    ``lesioned`` / ``lesion_free``: score-norm manifests of the same subjects with and without lesions;
+    ``lesion_masks`` in the order of ``lesioned``. Higher norm = more anomalous for both AUROCs, so a value
+    below 0.5 means the level sees lesions as unusually LOW norms. ``reference``: the per-voxel (mean, SD) of
+    :func:`voxel_reference`, which adds ``voxel_auroc_standardised`` (AUROC of the per-voxel z).
     """
     pos = read_image_norms("lesioned", lesioned)
     neg = read_image_norms("lesion-free", lesion_free)
-    if not np.allclose(pos.sigmas, neg.sigmas, rtol=1e-5):
+    if not same_levels(pos.sigmas, neg.sigmas):
         raise InputError("score-level diagnostics: lesioned and lesion-free caches have different sigma levels")
     lesion, healthy = lesion_vs_healthy_samples(lesioned, lesion_masks, seed)
     if not len(lesion):
@@ -97,7 +92,7 @@ def level_aurocs(
             if patch.shape != mean.shape:
                 raise InputError(f"score-level diagnostics: caches of shape {patch.shape} but a reference of "
                                  f"{mean.shape}")
-            return (np.log(np.maximum(patch.astype(np.float32), NORM_FLOOR)) - mean) / sd
+            return (np.log(np.maximum(patch, NORM_FLOOR)) - mean) / sd
 
         z_lesion, z_healthy = lesion_vs_healthy_samples(lesioned, lesion_masks, seed, standardise)
     image_labels = np.r_[np.ones(len(pos.subjects)), np.zeros(len(neg.subjects))]
@@ -120,11 +115,11 @@ def level_aurocs(
 
 
 def write_level_diagnostics(
-    sets: Mapping[str, tuple[Sequence[PathLike], Sequence[PathLike], Sequence[PathLike]]],
-    train: Sequence[PathLike], table_out: PathLike, figure_out: PathLike, seed: int,
+    sets: Mapping[str, tuple[PathLike, PathLike, Sequence[PathLike]]],
+    train: PathLike, table_out: PathLike, figure_out: PathLike, seed: int,
 ) -> pd.DataFrame:
-    """Per-level AUROCs of each named split (``{split: (lesioned, lesion_free, lesion_masks)}``), the
-    standardised voxel AUROC against the ``train`` caches: CSV + figure."""
+    """Per-level AUROCs of each named split (``{split: (lesioned manifest, lesion-free manifest, lesion
+    masks)}``), the standardised voxel AUROC against the ``train`` manifest's caches: CSV + figure."""
     reference = voxel_reference(train)
     table = pd.concat([level_aurocs(*paths, seed, reference).assign(split=split) for split, paths in sets.items()],
                       ignore_index=True)

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +22,7 @@ from sklearn.mixture import GaussianMixture
 
 from spatial_msma import io
 from spatial_msma.io import InputError, config_section
-from spatial_msma.score.norms import expand_cache_paths, read_norm_cache
+from spatial_msma.score.cache import read_manifest, same_levels
 from spatial_msma.training import as_path_list
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -47,14 +46,22 @@ class MsmaImageConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> MsmaImageConfig:
-        cfg = config_section(cls, cfg, "msma_image")
-        out = cls(**cfg)  # type: ignore[arg-type]
-        if out.covariance_type not in COVARIANCE_TYPES:
-            raise InputError(f"config msma_image.covariance_type: expected one of {COVARIANCE_TYPES}, "
-                             f"got {out.covariance_type!r}")
-        if out.n_components < 1 or (out.n_levels is not None and out.n_levels < 1):
-            raise InputError("config msma_image: n_components and n_levels must be >= 1")
+        out = cls(**config_section(cls, cfg, "msma_image"))  # type: ignore[arg-type]
+        out.check("msma_image")
         return out
+
+    def check(self, section: str) -> None:
+        """Check the GMM's keys, named as in config ``section`` (GradCAM-MSMA's section holds them too)."""
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise InputError(f"config {section}.covariance_type: expected one of {COVARIANCE_TYPES}, "
+                             f"got {self.covariance_type!r}")
+        for key, value in (("n_components", self.n_components), ("n_levels", self.n_levels)):
+            if value is None and key == "n_levels":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"config {section}.{key}: must be an integer >= 1, got {value!r}")
+        if not self.reg_covar > 0:
+            raise InputError(f"config {section}.reg_covar: must be > 0, got {self.reg_covar}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -85,8 +92,8 @@ def fit_image_gmm(features: np.ndarray, cfg: MsmaImageConfig, seed: int) -> Gaus
 
 
 @dataclass
-class NormSet:
-    """Image norms of one set of cache files, with their subject names and sigma levels."""
+class ImageNorms:
+    """Whole-image norms (N, L) of one set, with its subject names and sigma levels."""
 
     name: str
     subjects: list[str]
@@ -94,48 +101,44 @@ class NormSet:
     sigmas: np.ndarray
 
 
-def read_image_norms(name: str, paths: Sequence[str | os.PathLike]) -> NormSet:
-    """Whole-image norms of a set's cache files (``.tsv`` manifests expanded); all must share the levels."""
-    paths = expand_cache_paths(paths)
-    norms, subjects, sigmas = [], [], None
-    for path in paths:
-        cache = read_norm_cache(path)
-        if sigmas is None:
-            sigmas = cache["sigmas"]
-        elif not np.allclose(cache["sigmas"], sigmas, rtol=1e-5):
-            raise InputError(f"score-norm cache {path}: its sigma levels differ from {paths[0]}")
-        norms.append(cache["image_norms"])
-        subjects.append(Path(path).name.removesuffix(".npz"))
+def read_image_norms(name: str, manifest: str | os.PathLike) -> ImageNorms:
+    """Whole-image norms of the set a score-norm manifest lists (only those kept: the patch norms of a
+    paper-sized set would not fit in memory)."""
+    subjects, norms, sigmas = [], [], None
+    for cache in read_manifest(manifest).caches():
+        subjects.append(cache.subject)
+        norms.append(cache.image_norms)
+        sigmas = cache.sigmas
     if sigmas is None:
         raise InputError(f"msma_image: the {name} set has no score-norm files")
-    return NormSet(name, subjects, np.stack(norms), sigmas)
+    return ImageNorms(name, subjects, np.stack(norms), sigmas)
 
 
 def lesion_vs_healthy_samples(
-    lesioned_paths: Sequence[str | os.PathLike], lesion_masks: Sequence[str | os.PathLike], seed: int,
+    lesioned: str | os.PathLike, lesion_masks: Sequence[str | os.PathLike], seed: int,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patch norms (as float32, (n, L)) at all lesion voxels and at a seeded sample of healthy brain voxels.
 
-    Healthy = brain mask minus the lesion mask dilated by one voxel: a 3x3x3 patch norm next to a lesion
-    already sees it. Read image by image, so paper-sized sets need not fit in memory. ``transform`` maps
-    each image's (L, X, Y, Z) norms before sampling (the same voxels are drawn either way).
+    ``lesioned`` is the score-norm manifest of the lesioned set, ``lesion_masks`` in its order. Healthy =
+    brain mask minus the lesion mask dilated by one voxel: a 3x3x3 patch norm next to a lesion already sees
+    it. Read image by image, so paper-sized sets need not fit in memory. ``transform`` maps each image's
+    (L, X, Y, Z) norms before sampling (the same voxels are drawn either way).
     """
-    lesioned_paths = expand_cache_paths(as_path_list(lesioned_paths))
+    caches = read_manifest(lesioned)
     lesion_masks = as_path_list(lesion_masks)
-    if len(lesioned_paths) != len(lesion_masks):
-        raise InputError(f"msma_image: {len(lesioned_paths)} lesioned caches but {len(lesion_masks)} lesion masks")
+    if len(caches) != len(lesion_masks):
+        raise InputError(f"msma_image: {len(caches)} lesioned caches but {len(lesion_masks)} lesion masks")
     rng = np.random.default_rng(seed)
     lesion, healthy = [], []
-    for cache_path, mask_path in zip(lesioned_paths, lesion_masks, strict=True):
-        cache = read_norm_cache(cache_path)
+    for cache, mask_path in zip(caches.caches(), lesion_masks, strict=True):
         gt, _ = io.read_mask(mask_path)
-        if gt.shape != cache["mask"].shape:
-            raise InputError(f"lesion mask {mask_path}: shape {gt.shape} differs from cache {cache_path} "
-                             f"{cache['mask'].shape}")
-        brain = cache["mask"]
+        brain = cache.mask
+        if gt.shape != brain.shape:
+            raise InputError(f"lesion mask {mask_path}: shape {gt.shape} differs from cache {cache.path} "
+                             f"{brain.shape}")
         near = ndimage.binary_dilation(gt, structure=np.ones((3, 3, 3), bool))
-        patch = cache["patch_norms"] if transform is None else transform(cache["patch_norms"])
+        patch = cache.patch_norms if transform is None else transform(cache.patch_norms)
         lesion.append(patch[:, gt & brain].T.astype(np.float32))
         idx = np.flatnonzero(brain & ~near)
         pick = rng.choice(idx, size=min(len(idx), HEALTHY_SAMPLE_PER_IMAGE), replace=False)
@@ -144,10 +147,10 @@ def lesion_vs_healthy_samples(
 
 
 def run_msma_image(
-    train: Sequence[str | os.PathLike],
-    val: Sequence[str | os.PathLike],
-    test: Sequence[str | os.PathLike],
-    test_lesioned: Sequence[str | os.PathLike],
+    train: str | os.PathLike,
+    val: str | os.PathLike,
+    test: str | os.PathLike,
+    test_lesioned: str | os.PathLike,
     lesion_masks: Sequence[str | os.PathLike],
     auroc_out: str | os.PathLike,
     figure_out: str | os.PathLike,
@@ -165,14 +168,11 @@ def run_msma_image(
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, MsmaImageConfig) else MsmaImageConfig.from_dict(cfg)
     named = (("train", train), ("val", val), ("test", test), ("test_lesioned", test_lesioned))
-    sets = [read_image_norms(name, as_path_list(paths)) for name, paths in named if as_path_list(paths)]
+    sets = [read_image_norms(name, manifest) for name, manifest in named]
     by_name = {s.name: s for s in sets}
-    for needed in ("train", "test", "test_lesioned"):
-        if needed not in by_name:
-            raise InputError(f"msma_image: the {needed} set has no score-norm files")
     sigmas = by_name["train"].sigmas
     for s in sets:
-        if not np.allclose(s.sigmas, sigmas, rtol=1e-5):
+        if not same_levels(s.sigmas, sigmas):
             raise InputError(f"msma_image: the {s.name} caches have other sigma levels than the train caches")
     levels = select_levels(len(sigmas), cfg.n_levels)
     gmm = fit_image_gmm(image_features(by_name["train"].image_norms, levels), cfg, seed)

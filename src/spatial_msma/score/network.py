@@ -20,7 +20,7 @@ from torch import nn
 
 from spatial_msma.io import InputError, config_section
 from spatial_msma.score.sde import VESDE
-from spatial_msma.training import read_model_file
+from spatial_msma.training import load_model_file
 
 #: Tag of a score model file written by :func:`spatial_msma.score.train.train_score_model`.
 MODEL_FORMAT = "spatial_msma.score_model.v1"
@@ -151,11 +151,6 @@ class ScoreModel:
 
 def load_score_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> ScoreModel:
     """Rebuild the network described by a model file and load its weights (no config needed)."""
-    data = read_model_file(path, MODEL_FORMAT, "score model")
-    net_cfg = NetworkConfig.from_dict(data["network"], where=f"{path}: network")
-    net = ScoreNet(int(data["in_channels"]), tuple(data["image_shape"]), net_cfg)
-    net.load_state_dict(data["state_dict"])
-    net.to(device).eval()
-    sde = VESDE(float(data["sigma_min"]), float(data["sigma_max"]), float(data["t_eps"]))
-    meta = {k: v for k, v in data.items() if k != "state_dict"}
+    net, meta = load_model_file(path, MODEL_FORMAT, "score model", ScoreNet, NetworkConfig.from_dict, device)
+    sde = VESDE(float(meta["sigma_min"]), float(meta["sigma_max"]), float(meta["t_eps"]))
     return ScoreModel(net=net, sde=sde, meta=meta)

@@ -13,34 +13,31 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from spatial_msma import io
 from spatial_msma.io import InputError, config_section
 from spatial_msma.progress import Progress
+from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.training import as_path_list, resolve_device
 
 CHANNEL_REDUCTIONS = ("sum", "norm")
 CACHE_DTYPES = ("float16", "float32")
-CACHE_KEYS = ("patch_norms", "image_norms", "sigmas", "mask", "affine")
 
 
 @dataclass(frozen=True)
 class NormsConfig:
     """The ``score_norms`` config section. ``batch_levels`` 0 sends all levels through the net at once.
 
-    On a GPU that is fastest; on CPU small chunks win (2 levels: 20-40 % faster than 10 at once, measured on
-    4 mm and 3 mm crops): at batch 1 torch takes its slow conv3d path for small inputs, and a batch of 10
-    full volumes no longer fits the cache.
+    On a GPU that is fastest; on CPU chunks of a few levels win: at batch 1 torch takes its slow conv3d path
+    for small inputs, and a batch of every level's full volume no longer fits the CPU cache.
 
-    ``zero_outside_mask`` stores 0 outside the brain mask (no consumer reads those voxels): the compressed
-    cache shrinks about 2.5x (1.26 -> 0.49 MB per 4 mm image; tens of GB saved at the paper's scale).
+    ``zero_outside_mask`` stores 0 outside the brain mask: no consumer reads those voxels, and runs of zeros
+    compress, so the cache shrinks severalfold (what matters at the paper's scale).
     """
 
     n_levels: int = 10
@@ -54,8 +51,7 @@ class NormsConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> NormsConfig:
-        cfg = config_section(cls, cfg, "score_norms")
-        out = cls(**cfg)  # type: ignore[arg-type]
+        out = cls(**config_section(cls, cfg, "score_norms"))  # type: ignore[arg-type]
         if out.channel_reduction not in CHANNEL_REDUCTIONS:
             raise InputError(f"config score_norms.channel_reduction: expected one of {CHANNEL_REDUCTIONS}, "
                              f"got {out.channel_reduction!r}")
@@ -116,95 +112,26 @@ def score_norms(
     return torch.cat(patches).numpy(), torch.cat(whole).numpy()
 
 
-def write_norm_cache(
-    path: str | os.PathLike, patch: np.ndarray, whole: np.ndarray, sigmas: np.ndarray, mask: np.ndarray,
-    affine: np.ndarray, dtype: str = "float16",
-) -> None:
-    """One ``.npz`` per image, keys as in the data contract; written atomically."""
-    with io.atomic_path(path) as tmp:
-        np.savez_compressed(
-            tmp,
-            patch_norms=patch.astype(dtype),
-            image_norms=whole.astype(np.float32),
-            sigmas=np.asarray(sigmas, np.float32),
-            mask=mask.astype(bool),
-            affine=np.asarray(affine, np.float64),
-        )
-
-
-def read_norm_cache(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load and check one cache file: all keys present and shapes consistent, else :class:`InputError`."""
-    try:
-        with np.load(path) as data:
-            out = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise InputError(f"score-norm cache {path}: unreadable ({type(err).__name__}: {err})") from err
-    missing = [k for k in CACHE_KEYS if k not in out]
-    if missing:
-        raise InputError(f"score-norm cache {path}: missing key(s) {missing}")
-    n_levels = len(out["sigmas"])
-    if out["patch_norms"].shape != (n_levels, *out["mask"].shape) or out["image_norms"].shape != (n_levels,):
-        raise InputError(f"score-norm cache {path}: inconsistent shapes patch_norms {out['patch_norms'].shape}, "
-                         f"image_norms {out['image_norms'].shape}, sigmas {out['sigmas'].shape}, "
-                         f"mask {out['mask'].shape}")
-    return out
-
-
-def manifest_paths(manifest: str | os.PathLike, subjects: Sequence[str]) -> list[Path]:
-    """Cache files of a set written next to its manifest: ``<manifest dir>/<subject>.npz``."""
-    return [Path(manifest).parent / f"{subject}.npz" for subject in subjects]
-
-
-def expand_cache_paths(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Cache paths, with every ``.tsv`` manifest replaced by the files it lists (in its order).
-
-    A Snakemake rule cannot declare outputs that depend on a checkpoint's subject list, so a per-set job
-    declares a manifest and writes the per-subject files beside it; readers accept either form.
-    """
-    out: list[Path] = []
-    for path in paths:
-        if str(path).endswith(".tsv"):
-            try:
-                table = pd.read_csv(path, sep="\t", dtype=str)
-            except (OSError, ValueError) as err:
-                raise InputError(f"score-norm manifest {path}: unreadable ({err})") from err
-            if "path" not in table:
-                raise InputError(f"score-norm manifest {path}: no 'path' column")
-            out.extend(Path(p) for p in table["path"])
-        else:
-            out.append(Path(path))
-    return out
-
-
 def compute_score_norm_cache(
     model_path: str | os.PathLike,
     image_paths: Sequence[str | os.PathLike],
     mask_paths: Sequence[str | os.PathLike],
-    out_paths: Sequence[str | os.PathLike] | None,
+    manifest: str | os.PathLike,
+    subjects: Sequence[str],
     cfg: Mapping[str, object] | NormsConfig,
     logger: logging.Logger | None = None,
-    manifest: str | os.PathLike | None = None,
-    subjects: Sequence[str] | None = None,
 ) -> None:
-    """Score norms of a list of images (a whole split per job: the imports cost seconds, one image less).
+    """Score norms of a set of images (a whole set per job: the imports cost seconds, one image less).
 
     ``mask_paths`` are the brain masks of the same subjects (a lesioned image keeps its subject's mask).
-    Outputs: the explicit ``out_paths``, or (``out_paths`` None) ``<manifest dir>/<subject>.npz`` for
-    ``subjects`` plus the ``manifest`` TSV (subject, path, image), written last so it marks completion.
+    Writes one cache file per subject beside ``manifest``, then the manifest (:mod:`spatial_msma.score.cache`).
     """
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, NormsConfig) else NormsConfig.from_dict(cfg)
     image_paths, mask_paths = as_path_list(image_paths), as_path_list(mask_paths)
-    if out_paths is None:
-        if manifest is None or subjects is None:
-            raise InputError("score norms: give either the output paths or a manifest and the subject ids")
-        out_paths = manifest_paths(manifest, subjects)
-    out_paths = as_path_list(out_paths)
-    if subjects is not None and len(subjects) != len(out_paths):
-        raise InputError(f"score norms: {len(subjects)} subject ids for {len(out_paths)} outputs")
-    if not len(image_paths) == len(mask_paths) == len(out_paths):
+    if not len(image_paths) == len(mask_paths) == len(subjects):
         raise InputError(f"score norms: {len(image_paths)} images, {len(mask_paths)} masks and "
-                         f"{len(out_paths)} outputs must be the same number")
+                         f"{len(subjects)} subject ids must be the same number")
     device = resolve_device(cfg.device)
     model = load_score_model(model_path, device)
     sigmas = model.sde.levels(cfg.n_levels, cfg.t_min, cfg.t_max)
@@ -212,7 +139,7 @@ def compute_score_norm_cache(
                 len(image_paths), cfg.n_levels, sigmas[0], sigmas[-1], cfg.t_min, cfg.t_max,
                 cfg.channel_reduction, device)
     progress = Progress(len(image_paths), "score norms", logger)
-    for k, (image_path, mask_path, out_path) in enumerate(zip(image_paths, mask_paths, out_paths, strict=True)):
+    for k, (image_path, mask_path, subject) in enumerate(zip(image_paths, mask_paths, subjects, strict=True)):
         image, affine = io.read_channels(image_path)
         mask, _ = io.read_mask(mask_path)
         if mask.shape != image.shape[1:]:
@@ -221,10 +148,6 @@ def compute_score_norm_cache(
         patch, whole = score_norms(model, image, sigmas, cfg.channel_reduction, cfg.batch_levels)
         if cfg.zero_outside_mask:
             patch = np.where(mask[None], patch, 0.0)
-        write_norm_cache(out_path, patch, whole, sigmas, mask, affine, cfg.dtype)
+        write_norm_cache(cache_path(manifest, subject), patch, whole, sigmas, mask, affine, cfg.dtype)
         progress.update(k + 1)
-    if manifest is not None:
-        names = list(subjects) if subjects is not None else [Path(p).name.removesuffix(".npz") for p in out_paths]
-        table = pd.DataFrame({"subject": names, "path": [str(p) for p in out_paths],
-                              "image": [str(p) for p in image_paths]})
-        io.write_table(table, manifest)
+    write_manifest(manifest, subjects, image_paths)

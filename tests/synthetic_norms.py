@@ -1,7 +1,8 @@
-"""Synthetic score-norm caches with a known structure, for the flow's tests and sizing benchmark.
+"""Test helper: synthetic score-norm sets with a known structure, for the flow's tests.
 
-The data contract's files (``{set}/{subject}.npz`` + a 2-channel image) are written for a small grid
-with an ellipsoidal brain. Log patch norms per voxel and level are
+A set is written as the score stage writes it (cache files beside a manifest, through
+:mod:`spatial_msma.score.cache`), with a 2-channel image per subject, for a small grid with an
+ellipsoidal brain. Log patch norms per voxel and level are
 
     log n_l(p) = a_l + b_l * pattern(p) + c_l * s + e_l(p) [+ lesion / dip terms]
 
@@ -11,7 +12,7 @@ with an ellipsoidal brain. Log patch norms per voxel and level are
 - ``s`` a per-subject factor that also sets the image intensity (so h(x) carries information),
 - ``e(p)`` noise correlated across levels (correlation ``rho``),
 - lesions (``lesioned=True``): blobs where the ``lesion_levels`` lowest levels (default: all) rise by
-  ``lesion_shift`` (one-sided and shared by the low levels, as measured on the prototype's score norms),
+  ``lesion_shift`` (one-sided and shared by the low levels, as the prototype's real score norms showed),
 - dips (every subject): blobs of healthy variation where all levels fall by ``dip_shift``; a two-sided
   density score flags them, a one-sided one should not.
 """
@@ -25,10 +26,12 @@ import numpy as np
 from scipy import ndimage
 
 from spatial_msma.io import write_channels, write_nifti
+from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 
 
 @dataclass(frozen=True)
 class SyntheticSet:
+    manifest: Path
     norm_paths: list[Path]
     image_paths: list[Path]
     lesion_masks: list[np.ndarray]
@@ -59,8 +62,10 @@ def write_synthetic_set(directory: str | Path, n_subjects: int, seed: int,
                         lesion_levels: int | None = None, n_blobs: int = 2, radius: float = 2.5,
                         anatomy: float = 0.0,
                         prefix: str = "sub") -> SyntheticSet:
-    """Write ``n_subjects`` (npz, image) pairs under ``directory``; same seed -> same files."""
+    """Write ``n_subjects`` (cache, image) pairs and the set's manifest under ``directory``; same seed -> same
+    files."""
     directory = Path(directory)
+    manifest = directory / "score_norms" / "manifest.tsv"
     rng = np.random.default_rng(seed)
     mask = brain_ellipsoid(shape)
     grid = np.indices(shape).astype(np.float32) / np.asarray(shape, np.float32)[:, None, None, None]
@@ -77,9 +82,9 @@ def write_synthetic_set(directory: str | Path, n_subjects: int, seed: int,
     low = levels < (n_levels if lesion_levels is None else lesion_levels)
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     affine[:3, 3] = [-30.0, -40.0, -20.0]
+    names = [f"{prefix}-{i:03d}" for i in range(n_subjects)]
     norm_paths, image_paths, lesions = [], [], []
-    for i in range(n_subjects):
-        name = f"{prefix}-{i:03d}"
+    for name in names:
         s = rng.normal()
         noise = np.einsum("lk,k...->l...", chol, rng.normal(size=(n_levels, *shape)).astype(np.float32))
         logn = a[:, None, None, None] + b[:, None, None, None] * pattern + c[:, None, None, None] * s + noise
@@ -92,15 +97,15 @@ def write_synthetic_set(directory: str | Path, n_subjects: int, seed: int,
         image = np.stack([0.5 * s + 0.3 * pattern, -0.5 * s + 0.2 * grid[2]]).astype(np.float32)
         image += 0.05 * rng.normal(size=image.shape).astype(np.float32)
         image[:, ~mask] = -1.0
-        norm_path = directory / "score_norms" / f"{name}.npz"
+        norm_path = cache_path(manifest, name)
         image_path = directory / "images" / f"{name}.nii.gz"
-        norm_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(norm_path, patch_norms=norms, image_norms=np.sqrt((norms.astype(np.float32) ** 2).sum((1, 2, 3))),
-                 sigmas=sigmas, mask=mask, affine=affine)
+        write_norm_cache(norm_path, norms, np.sqrt((norms.astype(np.float32) ** 2).sum((1, 2, 3))), sigmas, mask,
+                         affine)
         write_channels(image, affine, image_path)
         if lesioned:
             write_nifti(lesion, affine, directory / "lesions" / f"{name}_mask.nii.gz")
         norm_paths.append(norm_path)
         image_paths.append(image_path)
         lesions.append(lesion)
-    return SyntheticSet(norm_paths, image_paths, lesions, mask)
+    write_manifest(manifest, names, image_paths)
+    return SyntheticSet(manifest, norm_paths, image_paths, lesions, mask)
