@@ -1,8 +1,8 @@
 """Inference cost of every Table-1 detector: seconds per volume on the same images, in one run.
 
-    .venv/bin/python benchmarks/inference.py /tmp/wfdef                     # a finished workflow directory
-    .venv/bin/python benchmarks/inference.py /tmp/wfdef --images 3 --threads 2
-    .venv/bin/python benchmarks/inference.py /tmp/wfdef --config config/paper.yaml --methods inpaint restoration
+    .venv/bin/python benchmarks/inference.py RUN_DIR                     # RUN_DIR: a finished workflow directory
+    .venv/bin/python benchmarks/inference.py RUN_DIR --images 3 --threads 2
+    .venv/bin/python benchmarks/inference.py RUN_DIR --config config/paper.yaml --methods inpaint restoration
 
 Each method is its workflow detector (:class:`spatial_msma.detector.Detector`) turning one 2-channel image
 (+ brain mask) into its heatmap, file reading and writing excluded, with the config sections of

@@ -2,13 +2,13 @@
 (no gradient) at batch sizes 1..8, per batch and per sample, on the default 4 mm grid.
 
     .venv/bin/python benchmarks/sampler_speed.py                           # untrained default net, 40x48x40
-    .venv/bin/python benchmarks/sampler_speed.py --model /tmp/wfdef/results/models/score/model.pt
+    .venv/bin/python benchmarks/sampler_speed.py --model RUN_DIR/results/models/score/model.pt  # a finished run
     .venv/bin/python benchmarks/sampler_speed.py --batches 1 2 4 --threads 2 --repeats 5
 
 The sampler evaluates the network once per predictor step and once per corrector step; every run of a
 method is one batch element, so the per-sample column at the batch size a method uses is what a
 volume costs per network evaluation. The default-config trade-off (inpaint.py / restoration.py
-docstrings) was sized from this table.
+docstrings) was sized from this table; the figures it gave are in benchmarks/README.md.
 """
 
 from __future__ import annotations

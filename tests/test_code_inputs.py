@@ -72,9 +72,18 @@ def test_every_rule_with_a_script_declares_that_scripts_modules():
     assert seen_scripts == {s.name for s in SCRIPTS}, "a script no rule runs, or a rule without its script"
 
 
+def _modules_found(root, files, script_text):
+    """Write a toy ``spatial_msma`` package and a script under ``root``; the package files the script runs."""
+    package = root / "spatial_msma"
+    for name, text in files.items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text(text)
+    script = root / "script.py"
+    script.write_text(script_text)
+    return {p.relative_to(package).as_posix() for p in modules_run_by(script, package)}
+
+
 def test_indirect_relative_and_function_level_imports_are_followed(tmp_path):
-    package = tmp_path / "spatial_msma"
-    (package / "sub").mkdir(parents=True)
     files = {
         "__init__.py": "",
         "sub/__init__.py": "",
@@ -84,11 +93,7 @@ def test_indirect_relative_and_function_level_imports_are_followed(tmp_path):
         "sub/d.py": "thing = 1\n",
         "unused.py": "",
     }
-    for name, text in files.items():
-        (package / name).write_text(text)
-    script = tmp_path / "script.py"
-    script.write_text("import os\nfrom spatial_msma.sub.a import x\n")
-    found = {p.relative_to(package).as_posix() for p in modules_run_by(script, package)}
+    found = _modules_found(tmp_path, files, "import os\nfrom spatial_msma.sub.a import x\n")
     assert found == set(files) - {"unused.py"}
 
 
@@ -103,8 +108,6 @@ def test_a_relative_import_outside_the_package_is_an_error(tmp_path):
 def test_imports_for_type_checking_only_are_not_code_inputs(tmp_path):
     """A detector module names the detector interface only in annotations: editing the interface must not
     retrain the model whose module it is."""
-    package = tmp_path / "spatial_msma"
-    package.mkdir()
     files = {
         "__init__.py": "",
         "model.py": "from typing import TYPE_CHECKING\nimport typing\nif TYPE_CHECKING:\n"
@@ -114,9 +117,5 @@ def test_imports_for_type_checking_only_are_not_code_inputs(tmp_path):
         "other.py": "",
         "runs.py": "",
     }
-    for name, text in files.items():
-        (package / name).write_text(text)
-    script = tmp_path / "script.py"
-    script.write_text("from spatial_msma.model import x\n")
-    found = {p.relative_to(package).as_posix() for p in modules_run_by(script, package)}
+    found = _modules_found(tmp_path, files, "from spatial_msma.model import x\n")
     assert found == {"__init__.py", "model.py", "runs.py"}

@@ -11,11 +11,13 @@ import contextlib
 import dataclasses
 import gzip
 import json
+import math
 import os
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -25,15 +27,67 @@ class InputError(ValueError):
     """A user-supplied file or setting is unusable; the message names it and says why."""
 
 
-def config_section(cls: type, cfg: Mapping[str, object] | None, where: str) -> dict[str, object]:
+def config_section(cls: type, cfg: Mapping[str, object] | None, where: str,
+                   lists: Iterable[str] = ()) -> dict[str, object]:
     """A copy of the config mapping for dataclass ``cls``; a key that is not one of its fields is an
-    :class:`InputError` naming the key and the section ``where`` (e.g. ``score.network``)."""
+    :class:`InputError` naming the key and the section ``where`` (e.g. ``score.network``). The values of
+    the keys in ``lists`` must be lists and become tuples (the frozen dataclasses' form)."""
     out = dict(cfg or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(out) - known)
     if unknown:
         raise InputError(f"config {where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    for key in lists:
+        if key in out:
+            value = out[key]
+            if isinstance(value, str) or not isinstance(value, Sequence):
+                raise InputError(f"config {where}.{key}: expected a list, got {value!r}")
+            out[key] = tuple(value)
     return out
+
+
+def plain_dict(obj: object) -> dict[str, Any]:
+    """A config dataclass as plain data (nested dataclasses as dicts, tuples as lists), as stored in model
+    files and JSON."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return [plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+    return plain(dataclasses.asdict(obj))  # type: ignore[arg-type, return-value]
+
+
+def check_number(value: Any, where: str, low: float | None = None, *, above: bool = False,
+                 high: float | None = None, below: bool = False, integer: bool = False,
+                 optional: bool = False) -> Any:
+    """``value`` of config key ``where`` (e.g. ``flow.steps``) if it is a finite number (an ``int`` with
+    ``integer``; None too with ``optional``) of at least ``low`` (above it with ``above``) and at most
+    ``high`` (below it with ``below``); otherwise an :class:`InputError` naming the key, the range and the
+    value."""
+    if value is None and optional:
+        return value
+    number = isinstance(value, int if integer else int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+    fits = number and (low is None or value > low or (not above and value == low)) \
+        and (high is None or value < high or (not below and value == high))
+    if not fits:
+        if low is not None and high is not None:
+            bounds = f"in {'(' if above else '['}{low:g}, {high:g}{')' if below else ']'}"
+        elif low is not None:
+            bounds = f"{'>' if above else '>='} {low:g}"
+        else:
+            bounds = f"{'<' if below else '<='} {high:g}" if high is not None else ""
+        kind = "an integer " if integer else ("a number " if optional or not number else "")
+        raise InputError(f"config {where}: must be {'null or ' if optional else ''}{kind}{bounds}".rstrip()
+                         + f", got {value!r}")
+    return value
+
+
+def check_numbers(cfg: object, section: str, keys: Iterable[str], low: float | None = None, **bounds: Any) -> None:
+    """:func:`check_number` for each of ``keys`` of the config dataclass ``cfg`` of config ``section``."""
+    for key in keys:
+        check_number(getattr(cfg, key), f"{section}.{key}", low, **bounds)
 
 
 @contextlib.contextmanager

@@ -72,7 +72,8 @@ def _template_images(voxel_mm: float) -> TemplateImages:
 
 def write_template_images(voxel_mm: float, t1_path: str | Path, mask_path: str | Path) -> None:
     """Write the template T1 and brain mask at ``voxel_mm`` once per run: building them (1 mm maps, hole
-    filling, resampling) takes ~1.4 s, which every one of the preprocessing jobs would otherwise pay."""
+    filling, resampling) is a cost every one of the preprocessing jobs would otherwise pay (see
+    benchmarks/README.md, Wall time)."""
     for image, path in zip(_template_images(float(voxel_mm)), (t1_path, mask_path), strict=True):
         with atomic_path(path) as tmp:
             ants.image_write(image, str(tmp))

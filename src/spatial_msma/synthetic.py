@@ -118,7 +118,7 @@ def _template_extras() -> tuple[np.ndarray, np.ndarray]:
 def _template_maps() -> torch.Tensor:
     """The maps every subject samples (T1, GM, WM, CSF, distance outside the brain) as one contiguous
     ``(1, 5, D, H, W)`` float32 tensor for grid_sample, stacked once per process: they are the same for every
-    subject, and stacking them anew took 0.1-0.5 s per subject. Only read, so threads may share it."""
+    subject, so stacking them anew per subject is wasted work. Only read, so threads may share it."""
     template = load_template()
     dist, _ = _template_extras()
     return torch.from_numpy(np.stack([template.t1, template.gm, template.wm, template.csf, dist]))[None]

@@ -38,8 +38,8 @@ class Template:
 
 
 def _nilearn_data(name: str) -> Path:
-    """Path of a file in nilearn's packaged data, found without importing nilearn (which pulls in sklearn, ~2 s
-    per job)."""
+    """Path of a file in nilearn's packaged data, found without importing nilearn (which pulls in sklearn, a
+    slow import every job would pay)."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("nilearn is not installed; it ships the MNI template this workflow uses")

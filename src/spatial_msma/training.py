@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from spatial_msma import io
-from spatial_msma.io import InputError, atomic_path, save_figure
+from spatial_msma.io import InputError, atomic_path, check_number, check_numbers, save_figure
 from spatial_msma.progress import Progress, script_logger
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.pt$")
@@ -374,16 +374,11 @@ class LoopSettings:
 
     def validate_loop(self, where: str) -> None:
         """Raise :class:`InputError` naming ``where.<key>`` for a loop setting out of range."""
-        for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "val_every", "log_every"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"config {where}.{key}: must be an integer >= 1, got {value!r}")
-        if isinstance(self.val_images, bool) or not isinstance(self.val_images, int) or self.val_images < 0:
-            raise InputError(f"config {where}.val_images: must be an integer >= 0, got {self.val_images!r}")
-        if not self.lr > 0:
-            raise InputError(f"config {where}.lr: must be > 0, got {self.lr}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise InputError(f"config {where}.ema_decay: must be in [0, 1), got {self.ema_decay}")
+        check_numbers(self, where, ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "val_every",
+                                    "log_every"), 1, integer=True)
+        check_number(self.val_images, f"{where}.val_images", 0, integer=True)
+        check_number(self.lr, f"{where}.lr", 0, above=True)
+        check_number(self.ema_decay, f"{where}.ema_decay", 0, high=1, below=True)
         if self.checkpoint_every % self.log_every:
             # a resumed run restarts the running train-loss mean at the checkpoint: rows must not straddle it
             raise InputError(f"config {where}.checkpoint_every ({self.checkpoint_every}) must be a multiple of "
@@ -518,15 +513,22 @@ class ImageTrainer:
         self.logger.info("%s: model written to %s", self.label, model_out)
 
 
+def torch_script(smk: Any) -> logging.Logger:
+    """The start of every workflow script that runs torch: give torch the rule's threads and return the
+    logger of the rule's log file."""
+    torch.set_num_threads(smk.threads)
+    return script_logger(smk.log[0])
+
+
 def script_arguments(smk: Any) -> dict[str, object]:
     """The arguments of :class:`ImageTrainer`'s users (``train_score_model``, ``train_ae``) from a workflow
     script's ``snakemake`` object: input train, val; output model, log, figure; params cfg, seed,
     checkpoint_dir (not an output, so a killed job resumes from it). Also gives torch the rule's threads
-    and opens the rule's log."""
-    torch.set_num_threads(smk.threads)
+    and opens the rule's log (:func:`torch_script`)."""
+    logger = torch_script(smk)
     return {"train_images": smk.input.train, "val_images": smk.input.val, "model_out": smk.output.model,
             "log_out": smk.output.log, "figure_out": smk.output.figure, "checkpoint_dir": smk.params.checkpoint_dir,
-            "cfg": smk.params.cfg, "seed": smk.params.seed, "logger": script_logger(smk.log[0])}
+            "cfg": smk.params.cfg, "seed": smk.params.seed, "logger": logger}
 
 
 def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, title: str,
@@ -553,6 +555,30 @@ def plot_loss_curves(frame: pd.DataFrame, path: str | os.PathLike, ylabel: str, 
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     save_figure(fig, path)
+
+
+class VolumeNet(nn.Module):
+    """The base of the networks :func:`load_model_file` rebuilds (the score network, the AE): (B, C, X, Y, Z)
+    volumes of one grid in, as many channels out. Keeps ``in_channels`` and ``image_shape``, after checking
+    that every axis divides by ``divisor`` (the network's down-sampling, ``why`` says where it comes from)."""
+
+    def __init__(self, in_channels: int, image_shape: Sequence[int], divisor: int, why: str):
+        super().__init__()
+        bad = [(axis, n) for axis, n in enumerate(image_shape) if n % divisor]
+        if bad:
+            raise InputError(f"image shape {tuple(image_shape)}: axes {bad} are not multiples of {divisor}, {why}")
+        self.in_channels = int(in_channels)
+        self.image_shape = tuple(int(n) for n in image_shape)
+
+    def monai_channels(self) -> dict[str, int]:
+        """The keywords of a MONAI 3D network from ``in_channels`` to as many output channels."""
+        return {"spatial_dims": 3, "in_channels": self.in_channels, "out_channels": self.in_channels}
+
+    def check_image(self, image: np.ndarray, what: str) -> None:
+        """An :class:`InputError` naming ``what`` unless ``image`` is a (C, X, Y, Z) volume of this network."""
+        if image.ndim != 4 or image.shape[0] != self.in_channels or tuple(image.shape[1:]) != self.image_shape:
+            raise InputError(f"{what}: image {image.shape} does not match the model's "
+                             f"({self.in_channels}, {', '.join(map(str, self.image_shape))})")
 
 
 def load_model_file(path: str | os.PathLike, model_format: str, what: str,

@@ -4,7 +4,7 @@
     python tests/slurm/cluster.py up DIR        # start the daemons; prints the cluster's facts as JSON
     python tests/slurm/cluster.py down DIR      # stop them by pid, remove the /etc/slurm/slurm.conf link
 
-Each setting below was learned from a hang or a failure (see /work/shared/spec/measurements.md):
+Each setting below was learned from a hang or a failure of an earlier bring-up on a single-node cluster:
 - munged runs as root with its socket, key, log, pid and seed files in DIR/munge (socket folder mode 755,
   key root-owned mode 400); slurm finds the socket through AuthInfo.
 - The config must also be reachable at /etc/slurm/slurm.conf: the executor plugin's job step clears every

@@ -5,14 +5,11 @@ output: the directory results/heatmaps/ae/{set}, one {subject}.nii.gz per image;
 heatmap keys: error, device); threads: torch CPU threads.
 """
 
-import torch
-
 from spatial_msma.baselines.ae import AeDetector
 from spatial_msma.detector import write_set_heatmaps
-from spatial_msma.progress import script_logger
+from spatial_msma.training import torch_script
 
 sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
+logger = torch_script(sm)
 detector = AeDetector.load(sm.input.model, sm.params.cfg)
 write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)

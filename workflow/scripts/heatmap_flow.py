@@ -8,14 +8,11 @@ params: cfg (the ``flow`` heatmap keys: one_sided, mode_stride, heatmap_jacobian
 threads: torch CPU threads.
 """
 
-import torch
-
 from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.flow.heatmap import FlowDetector
-from spatial_msma.progress import script_logger
+from spatial_msma.training import torch_script
 
 sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
+logger = torch_script(sm)
 detector = FlowDetector.load(sm.input.model, sm.params.cfg, sm.input.norms_manifest)
 write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)

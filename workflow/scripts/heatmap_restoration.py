@@ -6,14 +6,6 @@ order); output: the directory results/heatmaps/restoration/{set}, one {subject}.
 params: cfg (the ``restoration`` config section), seed (int); threads: torch CPU threads.
 """
 
-import torch
-
 from spatial_msma.baselines.restoration import RestorationDetector
-from spatial_msma.detector import write_set_heatmaps
-from spatial_msma.progress import script_logger
 
-sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
-detector = RestorationDetector.load(sm.input.model, sm.params.cfg, sm.params.seed)
-write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)
+RestorationDetector.run_script(snakemake)  # noqa: F821

@@ -7,14 +7,11 @@ params: cfg (the ``score_norms`` config section), subjects (subject ids, same or
 threads: torch CPU threads.
 """
 
-import torch
-
-from spatial_msma.progress import script_logger
 from spatial_msma.score.norms import compute_score_norm_cache
+from spatial_msma.training import torch_script
 
 sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
+logger = torch_script(sm)
 compute_score_norm_cache(
     sm.input.model,
     sm.input.images,

@@ -9,14 +9,11 @@ checkpoint_dir (results/checkpoints/{name}: NOT an output, so a killed job resum
 threads: torch CPU threads.
 """
 
-import torch
-
 from spatial_msma.flow.train import train_flow
-from spatial_msma.progress import script_logger
+from spatial_msma.training import torch_script
 
 sm = snakemake  # noqa: F821
-logger = script_logger(sm.log[0])
-torch.set_num_threads(sm.threads)
+logger = torch_script(sm)
 train_flow(
     sm.input.train_manifest,
     list(sm.input.train_images),

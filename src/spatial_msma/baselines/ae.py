@@ -12,8 +12,8 @@ cannot be copied through, which is what makes the reconstruction error an anomal
 
 No normalisation layers (``norm=None``, PReLU activations): MONAI's default instance norm right after the
 first convolution makes the features invariant to an affine change of the input intensities, and on test
-volumes the trained AE reconstructed the brain with the wrong intensity offset (mean in-brain error 0.49
-vs 0.44 without norm after 250 steps, 0.22 after 1000); group norm has the same per-image invariance, and
+volumes the trained AE reconstructed the brain with the wrong intensity offset (a larger in-brain error
+than without norm, see benchmarks/README.md); group norm has the same per-image invariance, and
 batch norm's integer ``num_batches_tracked`` buffer cannot be averaged by the EMA (``torch.lerp`` on Long).
 
 Error type: ``error: abs`` (default) scores ``sum_c |x_c - x̂_c|``, the L1 residual of the reconstruction-
@@ -34,7 +34,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -43,8 +43,15 @@ import torch
 from monai.networks.nets import AutoEncoder
 from torch import nn
 
-from spatial_msma.io import InputError, config_section
-from spatial_msma.training import ImageTrainer, LoopSettings, load_model_file, plot_loss_curves, resolve_device
+from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
+from spatial_msma.training import (
+    ImageTrainer,
+    LoopSettings,
+    VolumeNet,
+    load_model_file,
+    plot_loss_curves,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     from spatial_msma.detector import Case
@@ -60,16 +67,13 @@ class AeConfig(LoopSettings):
     """The ``ae`` config section: the loop's settings (:class:`~spatial_msma.training.LoopSettings`) and the
     autoencoder's.
 
-    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, whole DAG in about
-    20 minutes; budget for this stage 2-3 minutes). Measured there (torch 2.13 CPU, 2 threads, load
-    average 6-7 from other jobs, so +-50 %): channels (16, 32, 64), 2 residual subunits, latent 8
-    (0.36 M parameters) took 0.33-0.42 s per step at batch 4 (median; single steps up to 0.9 s) and
-    0.16-0.22 s at batch 2, so 300 steps at batch 4 are about 2 minutes and show each of the ~40 training
-    images about 30 times; a heatmap is one forward pass, 0.2-0.4 s per image. The trade-off: on test
-    volumes the reconstruction error of healthy tissue kept falling well past 250 steps (mean in-brain
-    error 0.44 -> 0.22 from 250 to 1000 steps), so a longer or wider run (a GPU, the paper's 2 mm grid,
-    tens of thousands of steps) sharpens healthy reconstructions and lowers false positives along edges,
-    at linear cost.
+    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, a 20-minute budget
+    for the whole DAG of which this stage gets a few minutes): channels (16, 32, 64), 2 residual subunits
+    and latent 8 at batch 4 for 300 steps is what fits that share (step times in benchmarks/README.md), and
+    it shows each of the ~40 training images about 30 times; a heatmap is one forward pass. The trade-off:
+    the reconstruction error of healthy tissue keeps falling well past a few hundred steps, so a longer or
+    wider run (a GPU, the paper's 2 mm grid, tens of thousands of steps) sharpens healthy reconstructions
+    and lowers false positives along edges, at linear cost.
     ``latent_channels`` sets the bottleneck width (compression): too wide and lesions are reconstructed too.
     """
 
@@ -84,14 +88,7 @@ class AeConfig(LoopSettings):
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:
-        cfg = config_section(cls, cfg, where)
-        for key in ("channels", "strides"):
-            if key in cfg:
-                value = cfg[key]
-                if isinstance(value, str) or not isinstance(value, Sequence):
-                    raise InputError(f"config {where}.{key}: expected a list of integers, got {value!r}")
-                cfg[key] = tuple(value)
-        out = cls(**cfg)  # type: ignore[arg-type]
+        out = cls(**config_section(cls, cfg, where, lists=("channels", "strides")))  # type: ignore[arg-type]
         out.validate(where)
         return out
 
@@ -100,22 +97,15 @@ class AeConfig(LoopSettings):
             raise InputError(f"config {where}.strides: needs one stride per entry of channels "
                              f"({len(self.channels)} channels, {len(self.strides)} strides)")
         for key in ("channels", "strides"):
-            bad = [v for v in getattr(self, key) if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-            if bad:
-                raise InputError(f"config {where}.{key}: entries must be positive integers, got {bad}")
+            for value in getattr(self, key):
+                check_number(value, f"{where}.{key}", 1, integer=True)
         if self.error not in ERRORS:
             raise InputError(f"config {where}.error: expected one of {ERRORS}, got {self.error!r}")
-        for key in ("num_res_units", "latent_channels"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"config {where}.{key}: must be an integer >= 1, got {value!r}")
+        check_numbers(self, where, ("num_res_units", "latent_channels"), 1, integer=True)
         self.validate_loop(where)
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["strides"] = list(self.strides)
-        return d
+        return plain_dict(self)
 
     def network(self) -> dict[str, object]:
         return {k: v for k, v in self.to_dict().items() if k in NETWORK_KEYS}
@@ -125,22 +115,15 @@ class AeConfig(LoopSettings):
         return math.prod(self.strides)
 
 
-class AeNet(nn.Module):
+class AeNet(VolumeNet):
     """x -> x̂ for (B, C, X, Y, Z) volumes: MONAI ``AutoEncoder`` with residual units and a narrow bottleneck."""
 
     def __init__(self, in_channels: int, image_shape: Sequence[int], cfg: AeConfig):
-        super().__init__()
-        bad = [(axis, n) for axis, n in enumerate(image_shape) if n % cfg.divisor]
-        if bad:
-            raise InputError(f"AE: image shape {tuple(image_shape)}: axes {bad} are not multiples of "
-                             f"{cfg.divisor} (the product of ae.strides {list(cfg.strides)})")
-        self.in_channels = int(in_channels)
-        self.image_shape = tuple(int(n) for n in image_shape)
+        super().__init__(in_channels, image_shape, cfg.divisor,
+                         f"the product of the AE's strides {list(cfg.strides)}")
         self.cfg = cfg
         self.ae = AutoEncoder(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=in_channels,
+            **self.monai_channels(),
             channels=cfg.channels,
             strides=cfg.strides,
             num_res_units=cfg.num_res_units,
@@ -170,9 +153,7 @@ def ae_heatmap(model: AeNet | AeModel, image: np.ndarray, mask: np.ndarray, erro
     float32 (X, Y, Z) out.
     """
     net = model.net if isinstance(model, AeModel) else model
-    if image.ndim != 4 or image.shape[0] != net.in_channels or tuple(image.shape[1:]) != net.image_shape:
-        raise InputError(f"AE heatmap: image {image.shape} does not match the model's "
-                         f"({net.in_channels}, {', '.join(map(str, net.image_shape))})")
+    net.check_image(image, "AE heatmap")
     if mask.shape != image.shape[1:]:
         raise InputError(f"AE heatmap: mask {mask.shape} does not match image {image.shape[1:]}")
     device = next(net.parameters()).device

@@ -75,20 +75,15 @@ class GradcamConfig:
 
     Cost: per image, one forward pass of the score network on a batch of ``n_levels`` copies with the
     backward cut at ``layer`` (Grad-CAM), then one forward and one full backward (guided gradients), so
-    about 4 forward passes per level. Measured at the default 4 mm (40 x 48 x 40, network (16, 32, 32),
-    torch 2.13 CPU, 2 threads, load average 7-9 from other jobs on the 2 cores): 38-52 s per image with
-    10 levels, 16-18 s with 3 (8.4-9.6 s with 3 at load average 6); a forward pass took ~1 s and its
-    backward ~2 s per level there. On a quiet 2-core machine (measurements.md: a training step, forward +
-    backward at batch 2, 1.2 s at 48 x 56 x 40) that extrapolates to 0.6-1 s per level and image: 10
-    levels would take 2-3 minutes for the ~20 images of val, test, val_lesioned and test_lesioned, 3 levels
-    (the lowest, a middle and the highest cached level) 35-60 s, the under-a-minute budget of the default.
-    The trade-off: fewer levels explain a coarser density model (the GMM on 3 log image norms instead of
-    the authors' 10);
-    ``n_levels: 10`` (or null for every cached level) restores it wherever minutes per image are
-    affordable (a GPU, the paper config).
+    about 4 forward passes per level: the cost grows linearly with ``n_levels``. On the 2-core CPU, all 10
+    levels would take several minutes for the ~20 images of val, test, val_lesioned and test_lesioned; 3 levels (the
+    lowest, a middle and the highest cached level) fit the under-a-minute budget of the default (timings in
+    benchmarks/README.md). The trade-off: fewer levels explain a coarser density model (the GMM on 3 log
+    image norms instead of the authors' 10); ``n_levels: 10`` (or null for every cached level) restores it
+    wherever minutes per image are affordable (a GPU, the paper config).
 
-    On the prototype's data the lesion signal sat in the lowest levels and image-level MSMA was near
-    chance (measurements.md): expect a weak row; that is the paper's point about this baseline.
+    Image-level MSMA, the density this baseline explains, is near chance for 20 mL of lesion in a whole
+    brain (benchmarks/README.md): expect a weak row; that is the paper's point about this baseline.
     """
 
     n_levels: int | None = 3
@@ -332,9 +327,7 @@ def gradcam_heatmap(detector: GradcamDetector, image: np.ndarray, mask: np.ndarr
     """Guided Grad-CAM of the image-level MSMA NLL for one (C, X, Y, Z) image: (heatmap (X, Y, Z) float32,
     0 outside ``mask``; the image's NLL)."""
     net = detector.nll.net
-    if image.ndim != 4 or image.shape[0] != net.in_channels or tuple(image.shape[1:]) != net.image_shape:
-        raise InputError(f"GradCAM-MSMA: image {image.shape} does not match the score model's "
-                         f"({net.in_channels}, {', '.join(map(str, net.image_shape))})")
+    net.check_image(image, "GradCAM-MSMA")
     if mask.shape != image.shape[1:]:
         raise InputError(f"GradCAM-MSMA: mask {mask.shape} does not match image {image.shape[1:]}")
     device = detector.nll.sigmas.device

@@ -30,33 +30,142 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
 
 import torch
 
-from spatial_msma.io import InputError
+from spatial_msma.detector import write_set_heatmaps
+from spatial_msma.io import InputError, check_number, check_numbers, config_section
+from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.score.sde import VESDE
+from spatial_msma.training import resolve_device, set_deterministic, torch_script
 
 #: s(x, sigma) for a (B, ...) batch and (B,) noise levels: the trained ScoreNet, or an analytic score in tests.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def check_sampler_keys(section: str, cfg: object, min_runs: int = 1) -> None:
-    """Range checks shared by the sampler-based config classes; errors name ``section.key``."""
-    for key, low in (("runs", min_runs), ("steps", 1), ("corrector_steps", 0), ("batch_size", 1)):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InputError(f"config {section}.{key}: expected an integer >= {low}, got {value!r}")
-    for key in ("snr", "t_start"):
-        value = getattr(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise InputError(f"config {section}.{key}: expected a number, got {value!r}")
-    if not cfg.snr > 0:  # type: ignore[attr-defined]
-        raise InputError(f"config {section}.snr: must be > 0, got {cfg.snr}")  # type: ignore[attr-defined]
-    if not 0.0 < cfg.t_start <= 1.0:  # type: ignore[attr-defined]
-        raise InputError(f"config {section}.t_start: must be in (0, 1], got {cfg.t_start}")  # type: ignore[attr-defined]
-    if not isinstance(cfg.device, str):  # type: ignore[attr-defined]
-        raise InputError(f"config {section}.device: expected a string, got {cfg.device!r}")  # type: ignore[attr-defined]
+@dataclass(frozen=True, kw_only=True)
+class SamplerSettings:
+    """The keys the sampler-based baselines' config sections share (Inpaint, Restoration): ``runs`` runs per
+    image of ``steps`` predictor steps (each after ``corrector_steps`` Langevin steps with ``snr``) from
+    ``t_start``, ``batch_size`` runs per forward pass, on ``device``. A section sets the defaults of ``steps``
+    and ``t_start``, its name (``section``: its errors and its runs' seeds) and its fewest ``min_runs``."""
+
+    section: ClassVar[str]
+    min_runs: ClassVar[int] = 1
+
+    runs: int = 2
+    steps: int
+    corrector_steps: int = 0
+    snr: float = 0.16
+    t_start: float
+    batch_size: int = 2
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, object] | None) -> Self:
+        out = cls(**config_section(cls, cfg, cls.section))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming ``section.<key>`` for a setting out of range."""
+        where = self.section
+        check_number(self.runs, f"{where}.runs", self.min_runs, integer=True)
+        check_numbers(self, where, ("steps", "batch_size"), 1, integer=True)
+        check_number(self.corrector_steps, f"{where}.corrector_steps", 0, integer=True)
+        check_number(self.snr, f"{where}.snr", 0, above=True)
+        check_number(self.t_start, f"{where}.t_start", 0, above=True, high=1)
+        if not isinstance(self.device, str):
+            raise InputError(f"config {where}.device: expected a string, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def evaluations_per_volume(self) -> int:
+        return self.runs * self.steps * (1 + self.corrector_steps)
+
+
+@dataclass(frozen=True)
+class SamplerDetector:
+    """The score model, a sampler baseline's settings and the run's seed (each subject's runs are seeded
+    from it); a baseline adds its ``config_class``, its ``label`` and its heatmap."""
+
+    model: ScoreModel
+    cfg: SamplerSettings
+    seed: int
+    config_class: ClassVar[type[SamplerSettings]]
+
+    @classmethod
+    def load(cls, model_path: str | Path, cfg: Mapping[str, object] | SamplerSettings, seed: int) -> Self:
+        cfg = cfg if isinstance(cfg, cls.config_class) else cls.config_class.from_dict(cfg)  # type: ignore[arg-type]
+        device = resolve_device(cfg.device)
+        set_deterministic(device)
+        return cls(load_score_model(model_path, device), cfg, seed)
+
+    @classmethod
+    def run_script(cls, smk: Any) -> None:
+        """A heatmap rule's script (``snakemake`` object ``smk``): the detector of input ``model`` and params
+        ``cfg`` and ``seed`` over input ``images`` and ``masks`` into the directory ``output[0]``, with the rule's
+        threads and log (:func:`~spatial_msma.training.torch_script`)."""
+        logger = torch_script(smk)
+        detector = cls.load(smk.input.model, smk.params.cfg, smk.params.seed)
+        write_set_heatmaps(detector, smk.input.images, smk.input.masks, smk.output[0], logger)
+
+    @property
+    def steps_per_image(self) -> int:
+        return self.cfg.runs * self.cfg.steps
+
+    def settings(self) -> str:
+        cfg, sde = self.cfg, self.model.sde
+        sigma = float(sde.sigma(torch.tensor(cfg.t_start)))
+        return (f"{cfg.runs} runs x {cfg.steps} steps (+{cfg.corrector_steps} corrector steps each, snr {cfg.snr:g}) "
+                f"from t {cfg.t_start:g} (sigma {sigma:.4g}){self.path_settings()}, "
+                f"batches of {cfg.batch_size} runs, device {next(self.model.net.parameters()).device}: "
+                f"{cfg.evaluations_per_volume()} network evaluations per volume")
+
+    def path_settings(self) -> str:
+        """What :meth:`settings` says after the start of the sampler's path (the baseline's own settings)."""
+        return ""
+
+
+def sample_runs(model: ScoreModel, data: torch.Tensor, cfg: SamplerSettings, seed: int, subject: str,
+                on_step: Callable[[int], None] | None = None,
+                hide: Callable[[list[int]], torch.Tensor] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """A baseline's ``cfg.runs`` sampler runs on one (C, X, Y, Z) image ``data``, in batches of ``cfg.batch_size``:
+    yields each batch's run indices and its (B, C, X, Y, Z) samples, on the CPU.
+
+    Each run starts at the data plus sigma_0 noise, from its own generator (:func:`run_seed` with the section's
+    name). ``hide(runs)``, (B, 1, X, Y, Z) bool, marks voxels to in-paint: they start as pure noise and the
+    others are kept by known-region replacement. ``on_step(k)`` counts the predictor steps of all runs so far.
+    """
+    device = next(model.net.parameters()).device
+    sigmas = sigma_grid(model.sde, cfg.steps, cfg.t_start)
+    score_fn = model_score_fn(model.net)
+    known = data.to(device).unsqueeze(0)
+    done = 0
+    for start in range(0, cfg.runs, cfg.batch_size):
+        runs = list(range(start, min(start + cfg.batch_size, cfg.runs)))
+        generators = generators_for([run_seed(seed, subject, r, cfg.section) for r in runs])
+        z = draw_noise(generators, data.shape, device)
+
+        def step_cb(k: int, base: int = done, width: int = len(runs)) -> None:
+            if on_step is not None:
+                on_step(base + k * width)
+
+        if hide is None:
+            x = pc_sample(score_fn, known + float(sigmas[0]) * z, sigmas, generators, cfg.corrector_steps, cfg.snr,
+                          on_step=step_cb)
+        else:
+            hidden = hide(runs).to(device)
+            x = torch.where(hidden, 0.0, known) + float(sigmas[0]) * z
+            x = pc_sample(score_fn, x, sigmas, generators, cfg.corrector_steps, cfg.snr, known=known,
+                          known_mask=~hidden, on_step=step_cb)
+        yield runs, x.cpu()
+        done += len(runs) * cfg.steps
 
 
 def sigma_grid(sde: VESDE, steps: int, t_start: float) -> torch.Tensor:

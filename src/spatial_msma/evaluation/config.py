@@ -7,9 +7,9 @@ post-processing and the figures can never disagree about, say, the connectivity 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
 from spatial_msma.protocols import protocol_name
 
 
@@ -48,12 +48,10 @@ class EvaluationConfig:
         for key in ("component_connectivity_postprocess", "component_connectivity_metrics"):
             if getattr(self, key) not in (1, 2, 3):
                 raise bad(key, "must be 1, 2 or 3 (6-, 18- or 26-neighbour connectivity)")
-        for key in ("min_component_voxels", "dilation_radius", "rim_radius", "erosion_radius"):
-            if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) < 0:
-                raise bad(key, "must be a non-negative integer")
-        for key in ("oracle_n_thresholds", "figure_subjects", "froc_n_thresholds"):
-            if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) < 1:
-                raise bad(key, "must be a positive integer")
+        check_numbers(self, "evaluation", ("min_component_voxels", "dilation_radius", "rim_radius", "erosion_radius"),
+                      0, integer=True)
+        check_numbers(self, "evaluation", ("oracle_n_thresholds", "figure_subjects", "froc_n_thresholds"), 1,
+                      integer=True)
         lo, hi = self.oracle_percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise bad("oracle_percentiles", "must be two percentiles 0 <= low < high <= 100")
@@ -61,8 +59,7 @@ class EvaluationConfig:
             raise bad("fpr_levels", "must be a non-empty list of rates strictly between 0 and 1")
         if len({protocol_name(f) for f in self.fpr_levels}) != len(self.fpr_levels):
             raise bad("fpr_levels", "two levels round to the same protocol name")
-        if not 0.0 < self.image_score_percentile <= 100.0:
-            raise bad("image_score_percentile", "must be in (0, 100]")
+        check_number(self.image_score_percentile, "evaluation.image_score_percentile", 0, above=True, high=100)
 
     @classmethod
     def from_dict(cls, section: Mapping | None) -> EvaluationConfig:
@@ -74,7 +71,7 @@ class EvaluationConfig:
         return cls(**section)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return plain_dict(self)
 
     @property
     def protocols(self) -> list[str]:

@@ -88,7 +88,7 @@ def monai_distances(
     """
     if not prediction.any() or not reference.any():
         return float("nan"), float("nan")
-    import torch  # deferred with MONAI: ~3 s import cost that the table and figure jobs need not pay
+    import torch  # deferred with MONAI: a slow import that the table and figure jobs need not pay
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     ref = torch.from_numpy(reference.astype(np.float32)[None, None])

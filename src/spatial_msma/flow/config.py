@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ class GlobalFeaturesConfig:
             raise InputError(f"flow.global_features.channels: need 2 integer widths, got {self.channels!r}")
         object.__setattr__(self, "channels", channels)
         _check_types(self, "flow.global_features")
-        if self.dims <= 0 or min(channels) <= 0 or self.kernel <= 0 or self.stride <= 0 or self.heads <= 0:
-            raise InputError(f"flow.global_features: sizes must be > 0, got {self}")
+        check_numbers(self, "flow.global_features", ("dims", "kernel", "stride", "heads"), 0, above=True)
+        for width in channels:
+            check_number(width, "flow.global_features.channels", 0, above=True)
         if channels[1] % self.heads:
             raise InputError(f"flow.global_features.heads: {self.heads} does not divide channels[1] = {channels[1]}")
 
@@ -57,10 +58,10 @@ class FlowConfig:
         ablation: mean/covariance of the features per voxel over the training subjects, pooled over a
         ``gaussian_pool``^3 neighbourhood, ``gaussian_ridge`` added to the covariance diagonal).
       flow_type: ``autoregressive`` (masked autoregressive RQ-spline: one MADE pass per layer for the
-        density, learned faster per step in the prototype) or ``coupling`` (the paper code's coupled
-        RQ-spline). Each of ``n_layers`` blocks is an LU-linear permutation + one spline layer with
-        ``bins`` bins on [-tail_bound, tail_bound] (identity tails), ``blocks`` residual blocks of
-        ``hidden`` units. ``maf_layer`` prepends the code's one masked affine autoregressive layer.
+        density; it learned faster per step than coupling splines on a toy problem) or ``coupling`` (the
+        paper code's coupled RQ-spline). Each of ``n_layers`` blocks is an LU-linear permutation + one
+        spline layer with ``bins`` bins on [-tail_bound, tail_bound] (identity tails), ``blocks`` residual
+        blocks of ``hidden`` units. ``maf_layer`` prepends the code's one masked affine autoregressive layer.
       base: ``conditional_gmm`` (the paper's: mode means/scales/weights from an MLP on the context,
         ``base_hidden`` units) or ``gmm`` (trainable, context-free; the code's default); ``n_modes``.
       features: ``log_transform`` -> log(norm + log_eps); the flow sees these standardised per level with
@@ -81,7 +82,7 @@ class FlowConfig:
       EMA, whichever was lowest at any evaluation); a resumable checkpoint every ``checkpoint_every``.
     Heatmaps
       ``one_sided``: score each voxel at max(features, conditional mode), level-wise, so only norms HIGHER
-      than expected raise the score (the prototype's lesion signal was one-sided, see the package docs);
+      than expected raise the score (the lesion signal is an increase of the norms, see ``flow.heatmap``);
       the flow's conditional mode is evaluated every ``mode_stride`` voxels and interpolated (1: exact);
       ``heatmap_jacobian``: keep the per-voxel constants of the density in the heatmap (the log-Jacobian
       -sum log s_p of ``input_norm: voxel``, the voxel Gaussian's 0.5 log|cov_p|). Off (ours): the heatmap
@@ -147,18 +148,10 @@ class FlowConfig:
         positive = ("hidden", "blocks", "bins", "n_modes", "base_hidden", "steps", "batch_voxels",
                     "images_per_step", "val_every", "val_voxels", "checkpoint_every", "chunk_voxels", "mode_stride",
                     "gaussian_pool", "lr", "tail_bound", "log_eps", "min_wavelength")
-        for key in positive:
-            if not getattr(self, key) > 0:
-                raise InputError(f"flow.{key}: must be > 0, got {getattr(self, key)!r}")
-        for key in ("n_layers", "warmup_steps", "weight_decay", "grad_clip", "gaussian_ridge"):
-            if getattr(self, key) < 0:
-                raise InputError(f"flow.{key}: must be >= 0, got {getattr(self, key)!r}")
-        if self.voxels_per_subject is not None and (not isinstance(self.voxels_per_subject, int)
-                                                    or self.voxels_per_subject <= 0):
-            raise InputError(f"flow.voxels_per_subject: must be a positive integer or null, "
-                             f"got {self.voxels_per_subject!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise InputError(f"flow.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
+        check_numbers(self, "flow", positive, 0, above=True)
+        check_numbers(self, "flow", ("n_layers", "warmup_steps", "weight_decay", "grad_clip", "gaussian_ridge"), 0)
+        check_number(self.voxels_per_subject, "flow.voxels_per_subject", 0, above=True, integer=True, optional=True)
+        check_number(self.ema_decay, "flow.ema_decay", 0, high=1, below=True)
         if self.use_position and self.position_dims % 6:
             raise InputError(f"flow.position_dims: must be a multiple of 6 (sin+cos per axis), "
                              f"got {self.position_dims}")
@@ -175,9 +168,7 @@ class FlowConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (stored in model files so a model can be rebuilt without the config)."""
-        out = dataclasses.asdict(self)
-        out["global_features"]["channels"] = list(self.global_features.channels)
-        return out
+        return plain_dict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> FlowConfig:

@@ -2,7 +2,7 @@
 
 Both are plain torch modules. The image encoder is two ``nn.Conv3d`` layers, not a MONAI network: the
 paper's encoder is exactly a large-kernel strided conv followed by a stride-2 conv, and importing MONAI
-would add ~3.4 s to every job that only needs those two layers.
+is slow enough that every job that only needs those two layers would pay it for nothing.
 """
 
 from __future__ import annotations

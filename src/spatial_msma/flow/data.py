@@ -23,8 +23,9 @@ from spatial_msma.score.cache import AFFINE_ATOL, NormCache, read_manifest, read
 def level_selection(sigmas: np.ndarray, max_sigma: float | None) -> np.ndarray:
     """Indices of the noise levels the model uses: all, or those with sigma <= ``max_sigma``.
 
-    The prototype found the lesion signal only at the low levels and adding the high ones hurt, so
-    ``max_sigma`` lets a config drop them without recomputing the cache.
+    The lesion signal can sit at the low levels only, and then adding the high ones hurts (as it did before
+    this workflow, see benchmarks/README.md), so ``max_sigma`` lets a config drop them without recomputing
+    the cache.
     """
     keep = np.arange(len(sigmas)) if max_sigma is None else np.flatnonzero(sigmas <= max_sigma)
     if keep.size == 0:

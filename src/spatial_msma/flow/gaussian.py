@@ -1,8 +1,9 @@
 """The per-voxel Gaussian ablation (``voxel_gaussian``): no flow, no context network.
 
 At every voxel, the mean and full covariance of the standardised log patch norms over all training
-subjects, pooled over the ``pool``^3 neighbourhood (the measurements' prototype). It is both a Table-1
-ablation row and the yardstick the flow's validation NLL must beat (same features, same units).
+subjects, pooled over the ``pool``^3 neighbourhood (the density model that first showed the lesion signal
+in the score norms, see benchmarks/README.md). It is both a Table-1 ablation row and the yardstick the
+flow's validation NLL must beat (same features, same units).
 The pooled sums use ``scipy.ndimage.uniform_filter``; voxels with fewer than 2L pooled samples fall back
 to the mean/covariance over all training voxels, so every in-brain voxel of a new image gets a density.
 """

@@ -5,20 +5,17 @@ the standardised log norms at every in-brain voxel (values may be negative: a de
 outside the brain. By default (``heatmap_jacobian: false``) the per-voxel constants of the density are
 left out: the flow's log-Jacobian of ``input_norm: voxel`` (-sum log s_p) and the voxel Gaussian's
 0.5 log|cov_p|. They depend on the voxel alone, so they add the healthy cohort's variability map (high at
-tissue borders) to every image, lesion or not. Measured on the lesioned validation split of the default
-run (5 images, mean voxel AUROC, one-sided): flow 0.718 -> 0.835, voxel Gaussian 0.763 -> 0.780.
+tissue borders) to every image, lesion or not; leaving them out raised the lesioned-validation voxel
+AUROC of both models (benchmarks/README.md, "How the defaults were chosen").
 
 One-sided scoring (``one_sided: true``, the default): each level is scored at max(f, typical f), where
 the typical value is the model's conditional mode (the flow's heaviest base mode pushed through the
 flow; the voxel Gaussian's mean), so norms LOWER than expected no longer count as anomalous. Why: the
-prototype's lesion signal on real score norms was one-sided (higher norms, shared by all low levels),
-and its two-sided Gaussian NLL lost most of its AUROC to that. Measured on synthetic caches with that
-structure (healthy low-norm regions + lesions raising all levels; fixed seeds), voxel AUROC two-sided ->
-one-sided: 48x56x40, 40 training subjects, 10 levels, 500-600 steps: flow (input_norm voxel) 0.62 -> 0.81,
-flow (input_norm global) 0.61 -> 0.79, voxel Gaussian 0.61 -> 0.76; the 16x24x16 test set
-(``tests/test_flow_heatmap.py``): flow 0.69 -> 0.85, Gaussian 0.57 -> 0.84. Caveat, also measured: if
-lesions raise only SOME levels (breaking the cross-level pattern), two-sided wins (0.96 vs 0.86-0.89), so
-check it on the lesioned validation set of real data (``one_sided: false`` switches it off).
+lesion signal of the score norms is one-sided (higher norms, shared by all low levels), and a two-sided
+NLL loses much of its AUROC to the healthy regions whose norms are lower than typical. One-sided scoring
+won on synthetic caches with that structure and on the lesioned validation split (benchmarks/README.md).
+Caveat: if lesions raise only SOME levels (breaking the cross-level pattern), two-sided wins, so check it
+on the lesioned validation set of real data (``one_sided: false`` switches it off).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Spatial-MSMA conditional flow p(f_p | pos(p), h(x)) and its two mixture base distributions.
 
-Built from normflows layers. Two normflows quirks shape this module (measured on normflows 1.7.3):
+Built from normflows layers. Two normflows quirks shape this module (found in normflows 1.7.3):
 ``GaussianMixture`` takes no ``context`` (so ``ConditionalNormalizingFlow.log_prob`` raises with it) and
 builds float64 parameters; :class:`ContextFreeGaussianMixture` fixes both, and :func:`conditional_log_prob`
 computes log p(x | c) = log q0(z | c) + log|det dz/dx| from ``inverse_and_log_det`` itself instead of

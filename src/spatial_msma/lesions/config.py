@@ -9,12 +9,11 @@ silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, config_section
 from spatial_msma.lesions.size_bins import MS_MIST_BIN_EDGES_MM3
 
 #: The image channels lesions are painted into, in the order of the cropped images.
@@ -51,9 +50,8 @@ class Enhancement:
             raise InputError(
                 f"lesions.enhancement.mode: {self.mode!r} is not one of {', '.join(ENHANCEMENT_MODES)}"
             )
-        if not isinstance(self.factor, int | float) or isinstance(self.factor, bool) or self.factor <= 0:
-            raise InputError(f"lesions.enhancement.factor: {self.factor!r} must be a positive number")
-        object.__setattr__(self, "factor", float(self.factor))
+        factor = check_number(self.factor, "lesions.enhancement.factor", 0, above=True)
+        object.__setattr__(self, "factor", float(factor))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, object] | None) -> Enhancement:
@@ -116,7 +114,8 @@ class LesionsConfig:
         if self.source == "folder" and not self.folder:
             raise InputError("lesions.folder: required when lesions.source is 'folder'")
         for key, (low, low_open, high) in _RANGES.items():
-            object.__setattr__(self, key, _in_range(getattr(self, key), f"lesions.{key}", low, low_open, high))
+            value = check_number(getattr(self, key), f"lesions.{key}", low, above=low_open, high=high)
+            object.__setattr__(self, key, float(value))
         edges = _numbers(self.size_bins_mm3, "lesions.size_bins_mm3")
         weights = _numbers(self.bin_weights, "lesions.bin_weights")
         if len(edges) < 2 or edges[0] <= 0 or any(b <= a for a, b in pairwise(edges)):
@@ -135,21 +134,6 @@ class LesionsConfig:
         """Build from the config section; an unknown key is an error that names it. ``contrast`` entries
         are merged over :data:`DEFAULT_CONTRASTS` per channel, so one key can change only T1's mean."""
         return cls(**config_section(cls, raw, "lesions"))
-
-
-def _number(value: object, where: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise InputError(f"{where}: {value!r} is not a number")
-    return float(value)
-
-
-def _in_range(value: object, where: str, low: float, low_open: bool, high: float | None) -> float:
-    number = _number(value, where)
-    if number < low or (low_open and number == low) or (high is not None and number > high):
-        opening = "(" if low_open else "["
-        bound = f"lie in {opening}{low:g}, {high:g}]" if high is not None else f"be {'>' if low_open else '>='} {low:g}"
-        raise InputError(f"{where}: {number:g} must {bound}")
-    return number
 
 
 def _numbers(value: object, where: str) -> tuple[float, ...]:
@@ -172,8 +156,6 @@ def _contrasts(user: Mapping[str, object] | None) -> dict[str, Contrast]:
         merged = {**(dataclasses.asdict(out[name]) if name in out else {}), **config_section(Contrast, spec, where)}
         if set(merged) != {"mean", "sd"}:
             raise InputError(f"{where}: needs both mean and sd")
-        contrast = Contrast(_number(merged["mean"], f"{where}.mean"), _number(merged["sd"], f"{where}.sd"))
-        if not contrast.mean > 0 or not contrast.sd >= 0:
-            raise InputError(f"{where}: mean must be > 0 and sd >= 0, got {merged}")
-        out[name] = contrast
+        out[name] = Contrast(float(check_number(merged["mean"], f"{where}.mean", 0, above=True)),
+                             float(check_number(merged["sd"], f"{where}.sd", 0)))
     return out

@@ -7,11 +7,10 @@ AUROC). Two voxel AUROCs: of the raw norm, and of the norm standardised at each 
 training images (z of the log norm, mean/SD pooled over 3x3x3 neighbours like the voxel Gaussian). The raw
 norm mostly maps anatomy (tissue edges have large norms, the smooth white matter where lesions sit has
 small ones), so its AUROC can sit near 0.5 while the standardised one, which is what a position-aware
-density model sees, is well above it (measured on a default run: raw 0.52-0.53 on the lesioned validation
-split and 0.53-0.55 on test, standardised 0.77-0.78 and 0.78-0.79). measurements.md found the signal at the
-lowest levels only (sigma up to about 1 on [-1, 1] images); a run's table says whether that holds for its
-score model and noise range. Computed on the lesioned validation set (the one choices may look at) and on
-the test set (reported, never tuned on).
+density model sees, is well above it (the per-level diagnostics of benchmarks/README.md). Before this
+workflow the signal was found at the lowest levels only (sigma up to about 1 on [-1, 1] images); a run's
+table says whether that holds for its score model and noise range. Computed on the lesioned validation set
+(the one choices may look at) and on the test set (reported, never tuned on).
 """
 
 from __future__ import annotations

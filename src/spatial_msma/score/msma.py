@@ -3,8 +3,9 @@ how the patch score norms of lesion voxels differ from healthy ones.
 
 This is the non-spatial ancestor of Spatial-MSMA and the density model behind the GradCAM-MSMA baseline:
 an image is scored by the negative log-likelihood of its log whole-image norms under a GMM fitted on the
-training images. measurements.md found it near chance for 20 mL of lesion in a whole brain, which is the
-paper's motivation for going spatial; the AUROC table here says whether that holds for this run.
+training images. It was near chance for 20 mL of lesion in a whole brain before this workflow (see
+benchmarks/README.md), which is the paper's motivation for going spatial; the AUROC table here says
+whether that holds for this run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from spatial_msma import io
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, config_section
 from spatial_msma.score.cache import read_manifest, same_levels
 from spatial_msma.training import as_path_list
 
@@ -55,13 +56,9 @@ class MsmaImageConfig:
         if self.covariance_type not in COVARIANCE_TYPES:
             raise InputError(f"config {section}.covariance_type: expected one of {COVARIANCE_TYPES}, "
                              f"got {self.covariance_type!r}")
-        for key, value in (("n_components", self.n_components), ("n_levels", self.n_levels)):
-            if value is None and key == "n_levels":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"config {section}.{key}: must be an integer >= 1, got {value!r}")
-        if not self.reg_covar > 0:
-            raise InputError(f"config {section}.reg_covar: must be > 0, got {self.reg_covar}")
+        check_number(self.n_components, f"{section}.n_components", 1, integer=True)
+        check_number(self.n_levels, f"{section}.n_levels", 1, integer=True, optional=True)
+        check_number(self.reg_covar, f"{section}.reg_covar", 0, above=True)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

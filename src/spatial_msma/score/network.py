@@ -1,8 +1,8 @@
 """The noise-conditional score network: MONAI's 3D ``DiffusionModelUNet`` conditioned on log sigma.
 
-Why this network: measurements.md compared a plain MONAI UNet fed log sigma as an extra input channel
-with ``DiffusionModelUNet`` fed log sigma through its sinusoidal timestep embedding; only the latter beat an
-intensity z-score at localising lesions. The noise conditioning is what matters, so the network takes
+Why this network: of a plain MONAI UNet fed log sigma as an extra input channel and ``DiffusionModelUNet``
+fed log sigma through its sinusoidal timestep embedding, only the latter beat an intensity z-score at
+localising lesions (benchmarks/README.md). The noise conditioning is what matters, so the network takes
 ``timestep = timestep_scale * log(sigma)`` as a float (B,) tensor (scaled, or most of the sinusoidal
 embedding stays flat over the few units that log sigma spans) and its output is divided by sigma
 ("scale by sigma", as in NCSN++), so an untrained net (zero-initialised output layer) predicts score 0.
@@ -18,9 +18,9 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, config_section, plain_dict
 from spatial_msma.score.sde import VESDE
-from spatial_msma.training import load_model_file
+from spatial_msma.training import VolumeNet, load_model_file
 
 #: Tag of a score model file written by :func:`spatial_msma.score.train.train_score_model`.
 MODEL_FORMAT = "spatial_msma.score_model.v1"
@@ -47,10 +47,7 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "score.network") -> NetworkConfig:
         """Build from a config mapping; an unknown key is an error that names it."""
-        cfg = config_section(cls, cfg, where)
-        for key in ("channels", "attention_levels"):
-            if key in cfg:
-                cfg[key] = tuple(cfg[key])  # type: ignore[arg-type]
+        cfg = config_section(cls, cfg, where, lists=("channels", "attention_levels"))
         out = cls(**cfg)  # type: ignore[arg-type]
         if "attention_levels" not in cfg:
             out = cls(**{**asdict(out), "attention_levels": (False,) * len(out.channels)})
@@ -79,10 +76,7 @@ class NetworkConfig:
             raise InputError(f"config {where}.use_flash_attention: expected true, false or auto")
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        d["attention_levels"] = list(self.attention_levels)
-        return d
+        return plain_dict(self)
 
     @property
     def divisor(self) -> int:
@@ -90,25 +84,14 @@ class NetworkConfig:
         return 2 ** (len(self.channels) - 1)
 
 
-def check_shape(shape: tuple[int, ...], net_cfg: NetworkConfig) -> None:
-    """Raise an :class:`InputError` naming the axis when the volume cannot pass through the UNet."""
-    bad = [(axis, n) for axis, n in enumerate(shape) if n % net_cfg.divisor]
-    if bad:
-        raise InputError(
-            f"image shape {tuple(shape)}: axes {bad} are not multiples of {net_cfg.divisor}, which a UNet with "
-            f"{len(net_cfg.channels)} levels needs; crop/pad the images to a multiple of {net_cfg.divisor}"
-        )
-
-
-class ScoreNet(nn.Module):
+class ScoreNet(VolumeNet):
     """s(x, sigma) = UNet(x, timestep_scale * log sigma) / sigma for (B, C, X, Y, Z) inputs and (B,) sigmas."""
 
     def __init__(self, in_channels: int, image_shape: tuple[int, int, int], net_cfg: NetworkConfig):
-        super().__init__()
-        check_shape(image_shape, net_cfg)
+        super().__init__(in_channels, image_shape, net_cfg.divisor,
+                         f"which a UNet with {len(net_cfg.channels)} levels needs; crop/pad the images to a "
+                         f"multiple of {net_cfg.divisor}")
         self.net_cfg = net_cfg
-        self.in_channels = in_channels
-        self.image_shape = tuple(int(n) for n in image_shape)
         flash = net_cfg.use_flash_attention
         if flash == "auto":
             tokens = 1
@@ -116,9 +99,7 @@ class ScoreNet(nn.Module):
                 tokens *= n // net_cfg.divisor
             flash = tokens > FLASH_ATTENTION_MIN_TOKENS
         self.unet = DiffusionModelUNet(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=in_channels,
+            **self.monai_channels(),
             num_res_blocks=net_cfg.num_res_blocks,
             channels=net_cfg.channels,
             attention_levels=net_cfg.attention_levels,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from spatial_msma import io
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.network import ScoreModel, load_score_model
@@ -57,8 +57,7 @@ class NormsConfig:
                              f"got {out.channel_reduction!r}")
         if out.dtype not in CACHE_DTYPES:
             raise InputError(f"config score_norms.dtype: expected one of {CACHE_DTYPES}, got {out.dtype!r}")
-        if out.batch_levels < 0:
-            raise InputError(f"config score_norms.batch_levels: must be >= 0, got {out.batch_levels}")
+        check_number(out.batch_levels, "score_norms.batch_levels", 0, integer=True)
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -96,9 +95,7 @@ def score_norms(
     per chunk instead of one per level.
     """
     net = model.net
-    if image.shape[0] != net.in_channels or tuple(image.shape[1:]) != net.image_shape:
-        raise InputError(f"score norms: image {image.shape} does not match the model's "
-                         f"({net.in_channels}, {', '.join(map(str, net.image_shape))})")
+    net.check_image(image, "score norms")
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)[None]
     sig = torch.from_numpy(np.asarray(sigmas, dtype=np.float32)).to(device)

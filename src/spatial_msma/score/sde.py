@@ -159,9 +159,10 @@ def auto_sigmas(
     sigma_max ``auto``: 99th percentile of pairwise distances between (at most ``max_images``, a seeded
     subset) training images. sigma_min ``auto``: the median over images of the estimated voxel NOISE SD
     (:func:`estimate_noise_sd`), floored at :data:`SIGMA_MIN_FLOOR`. Not the in-brain intensity SD: on
-    [-1, 1]-scaled images that is about 0.3 (measurements.md), five times the noise, and the lesion signal
-    sits at the lowest levels (sigma 0.05 to 1), which a sigma_min of 0.3 would cut off. The paper's 0.06
-    is, on its scaling, of the size of the noise, which is what the lowest level must resolve.
+    [-1, 1]-scaled images that is several times the noise, and the lesion signal sits at the lowest levels
+    (sigma of the order of the noise up to about 1), which a sigma_min that large would cut off
+    (benchmarks/README.md). The paper's 0.06 is, on its scaling, of the size of the noise, which is what the
+    lowest level must resolve.
     """
     n = len(images)
     pick = np.sort(rng.choice(n, size=min(n, max_images), replace=False))
