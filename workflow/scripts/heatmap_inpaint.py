@@ -6,5 +6,10 @@ params: cfg (the ``inpaint`` config section), seed (int); threads: torch CPU thr
 """
 
 from spatial_msma.baselines.inpaint import InpaintDetector
+from spatial_msma.detector import write_set_heatmaps
+from spatial_msma.training import torch_script
 
-InpaintDetector.run_script(snakemake)  # noqa: F821
+sm = snakemake  # noqa: F821
+logger = torch_script(sm)
+detector = InpaintDetector.load(sm.input.model, sm.params.cfg, sm.params.seed)
+write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)

@@ -7,5 +7,10 @@ params: cfg (the ``restoration`` config section), seed (int); threads: torch CPU
 """
 
 from spatial_msma.baselines.restoration import RestorationDetector
+from spatial_msma.detector import write_set_heatmaps
+from spatial_msma.training import torch_script
 
-RestorationDetector.run_script(snakemake)  # noqa: F821
+sm = snakemake  # noqa: F821
+logger = torch_script(sm)
+detector = RestorationDetector.load(sm.input.model, sm.params.cfg, sm.params.seed)
+write_set_heatmaps(detector, sm.input.images, sm.input.masks, sm.output[0], logger)

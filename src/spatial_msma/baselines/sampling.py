@@ -33,15 +33,14 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 import torch
 
-from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError, check_number, check_numbers, config_section
 from spatial_msma.score.network import ScoreModel, load_score_model
 from spatial_msma.score.sde import VESDE
-from spatial_msma.training import resolve_device, set_deterministic, torch_script
+from spatial_msma.training import resolve_device, set_deterministic
 
 #: s(x, sigma) for a (B, ...) batch and (B,) noise levels: the trained ScoreNet, or an analytic score in tests.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,15 +104,6 @@ class SamplerDetector:
         device = resolve_device(cfg.device)
         set_deterministic(device)
         return cls(load_score_model(model_path, device), cfg, seed)
-
-    @classmethod
-    def run_script(cls, smk: Any) -> None:
-        """A heatmap rule's script (``snakemake`` object ``smk``): the detector of input ``model`` and params
-        ``cfg`` and ``seed`` over input ``images`` and ``masks`` into the directory ``output[0]``, with the rule's
-        threads and log (:func:`~spatial_msma.training.torch_script`)."""
-        logger = torch_script(smk)
-        detector = cls.load(smk.input.model, smk.params.cfg, smk.params.seed)
-        write_set_heatmaps(detector, smk.input.images, smk.input.masks, smk.output[0], logger)
 
     @property
     def steps_per_image(self) -> int:
