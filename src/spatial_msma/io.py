@@ -27,6 +27,15 @@ class InputError(ValueError):
     """A user-supplied file or setting is unusable; the message names it and says why."""
 
 
+def as_path_list(paths: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[str]:
+    """A list of paths from what a Snakemake named input holds: one file is a plain string, several a list."""
+    if paths is None:
+        return []
+    if isinstance(paths, str | os.PathLike):
+        return [os.fspath(paths)]
+    return [os.fspath(p) for p in paths]
+
+
 def config_section(cls: type, cfg: Mapping[str, object] | None, where: str,
                    lists: Iterable[str] = ()) -> dict[str, object]:
     """A copy of the config mapping for dataclass ``cls``; a key that is not one of its fields is an

@@ -32,7 +32,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from spatial_msma import io
-from spatial_msma.io import InputError, atomic_path, check_number, check_numbers, save_figure
+from spatial_msma.io import InputError, as_path_list, atomic_path, check_number, check_numbers, save_figure
 from spatial_msma.progress import Progress, script_logger
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.pt$")
@@ -53,15 +53,6 @@ def save_torch(obj: object, path: str | os.PathLike) -> None:
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
-
-
-def as_path_list(paths: str | os.PathLike | Iterable[str | os.PathLike] | None) -> list[str]:
-    """A list of paths from what a Snakemake named input holds: one file is a plain string, several a list."""
-    if paths is None:
-        return []
-    if isinstance(paths, str | os.PathLike):
-        return [os.fspath(paths)]
-    return [os.fspath(p) for p in paths]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -29,11 +29,10 @@ from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.data import SubjectData, feature_stats, level_selection, load_subjects, subsample_voxels
 from spatial_msma.flow.gaussian import VoxelGaussian, fit_voxel_gaussian, save_voxel_gaussian
 from spatial_msma.flow.model import ModelMeta, SpatialFlow, save_flow
-from spatial_msma.io import save_figure, write_table
+from spatial_msma.io import as_path_list, save_figure, write_table
 from spatial_msma.progress import Progress
 from spatial_msma.training import (
     CheckpointDir,
-    as_path_list,
     fingerprint,
     make_ema,
     resolve_device,

@@ -22,9 +22,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.mixture import GaussianMixture
 
 from spatial_msma import io
-from spatial_msma.io import InputError, check_number, config_section
+from spatial_msma.io import InputError, as_path_list, check_number, config_section
 from spatial_msma.score.cache import read_manifest, same_levels
-from spatial_msma.training import as_path_list
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 

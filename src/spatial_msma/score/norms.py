@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from spatial_msma import io
-from spatial_msma.io import InputError, check_number, config_section
+from spatial_msma.io import InputError, as_path_list, check_number, config_section
 from spatial_msma.progress import Progress
 from spatial_msma.score.cache import cache_path, write_manifest, write_norm_cache
 from spatial_msma.score.network import ScoreModel, load_score_model
-from spatial_msma.training import as_path_list, resolve_device
+from spatial_msma.training import resolve_device
 
 CHANNEL_REDUCTIONS = ("sum", "norm")
 CACHE_DTYPES = ("float16", "float32")

@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 
 from spatial_msma import io
-from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
+from spatial_msma.io import InputError, as_path_list, check_number, check_numbers, config_section, plain_dict
 from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreNet
 from spatial_msma.score.sde import LOSS_REDUCTIONS, T_SAMPLINGS, VESDE, auto_sigmas, dsm_loss
-from spatial_msma.training import ImageTrainer, LoopSettings, as_path_list, plot_loss_curves
+from spatial_msma.training import ImageTrainer, LoopSettings, plot_loss_curves
 
 
 @dataclass(frozen=True)
