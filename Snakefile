@@ -24,6 +24,7 @@ wildcard_constraints:
     set="|".join(IMAGE_SETS),
     protocol="oracle|fpr[0-9.]+",
     subject="sub-[^/]+",
+    run=RUN_PATTERN,
 
 
 include: "rules/cohort.smk"
@@ -36,6 +37,7 @@ include: "rules/diffusion_baselines.smk"
 include: "rules/autoencoder.smk"
 include: "rules/gradcam.smk"
 include: "rules/evaluate.smk"
+include: "rules/seed_spread.smk"
 
 
 rule all:
@@ -49,4 +51,5 @@ rule all:
         "results/diagnostics/score_levels.csv",
         "results/validation/table.csv",
         ["results/diagnostics/ablations.csv"] if config["diagnostics"]["ablations"] else [],
+        ["results/seed_spread/table1.csv"] if config["seed_spread"]["in_main_run"] else [],
     default_target: True

@@ -8,17 +8,17 @@ rule train_ae:
         val=lambda wc: set_images("val"),
         code=script_code("train_ae.py"),
     output:
-        model="results/models/ae/model.pt",
-        log="results/models/ae/training_log.csv",
-        figure=report("results/figures/ae_training.png", caption="../report/ae_training.rst", category="Training"),
+        model="{run}/models/ae/model.pt",
+        log="{run}/models/ae/training_log.csv",
+        figure=report("{run}/figures/ae_training.png", caption="../report/ae_training.rst", category="Training"),
     params:
         cfg=section_scope("ae", "training"),
-        seed=config["seed"],
-        checkpoint_dir="results/checkpoints/ae",
+        seed=lambda wc: run_seed(wc.run),
+        checkpoint_dir="{run}/checkpoints/ae",
     log:
-        "results/logs/train_ae.log",
+        "{run}/logs/train_ae.log",
     benchmark:
-        "results/benchmarks/train_ae.tsv"
+        "{run}/benchmarks/train_ae.tsv"
     # 1 thread: a 2-thread job waits until two cores are free at once, which on a laptop-sized run comes only
     # at its end (timings in benchmarks/README.md)
     threads: 1
@@ -34,18 +34,18 @@ rule train_ae:
 
 rule heatmap_ae:
     input:
-        model="results/models/ae/model.pt",
+        model="{run}/models/ae/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_ae.py"),
     output:
-        directory("results/heatmaps/ae/{set}"),
+        directory("{run}/heatmaps/ae/{set}"),
     params:
         cfg=section_scope("ae", "heatmap"),
     log:
-        "results/logs/heatmap_ae/{set}.log",
+        "{run}/logs/heatmap_ae/{set}.log",
     benchmark:
-        "results/benchmarks/heatmap_ae/{set}.tsv"
+        "{run}/benchmarks/heatmap_ae/{set}.tsv"
     threads: 1
     resources:
         mem_mb=4000,

@@ -10,6 +10,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 # The package's pure-Python modules (no torch) are read at parse time: code inputs, method keys.
 sys.path.insert(0, str(PACKAGE.parent))
 from spatial_msma.config_scopes import scope  # noqa: E402
+from spatial_msma.lesions.volumes import subject_of, volume_ids  # noqa: E402
 from spatial_msma.methods import flow_keys, flow_section  # noqa: E402
 from spatial_msma.script_modules import modules_run_by  # noqa: E402
 SYNTHETIC_BIDS = "resources/synthetic/bids"
@@ -92,23 +93,59 @@ def set_subjects(image_set):
     return split_members(IMAGE_SETS[image_set][0])
 
 
+def set_volumes(image_set):
+    """The image ids of a set: its subjects, or for a lesioned set each subject's lesion draws (config
+    lesion_draws; lesions.volumes names them)."""
+    subjects = set_subjects(image_set)
+    split, lesioned = IMAGE_SETS[image_set]
+    return volume_ids(subjects, config["lesion_draws"][split]) if lesioned else subjects
+
+
 def set_images(image_set):
-    """The 2-channel images of a set: cropped originals, or their lesioned copies."""
+    """The 2-channel images of a set, one per volume: cropped originals, or their lesioned copies."""
     pattern = "results/lesions/{}_image.nii.gz" if IMAGE_SETS[image_set][1] else "results/cropped/{}.nii.gz"
-    return [pattern.format(s) for s in set_subjects(image_set)]
+    return [pattern.format(v) for v in set_volumes(image_set)]
 
 
 def set_brainmasks(image_set):
-    return [f"results/cropped/{s}_brainmask.nii.gz" for s in set_subjects(image_set)]
+    """One brain mask per image of the set, in the same order (the draws of a subject share its mask)."""
+    return [f"results/cropped/{subject_of(v)}_brainmask.nii.gz" for v in set_volumes(image_set)]
 
 
 def set_lesion_masks(image_set):
-    return [f"results/lesions/{s}_mask.nii.gz" for s in set_subjects(image_set)]
+    return [f"results/lesions/{v}_mask.nii.gz" for v in set_volumes(image_set)]
 
 
-def heatmap_files(method, image_set):
-    """Files inside the heatmap directory of a method and set, one per subject."""
-    return [f"results/heatmaps/{method}/{image_set}/{s}.nii.gz" for s in set_subjects(image_set)]
+def heatmap_files(method, image_set, run="results"):
+    """Files inside the heatmap directory of a method and set (of one training run), one per volume."""
+    return [f"{run}/heatmaps/{method}/{image_set}/{v}.nii.gz" for v in set_volumes(image_set)]
+
+
+# Training runs. The learned chain (score model, score norms, flows, AE, the detectors, thresholds, metrics,
+# Table 1) lives under a run folder: `results` is the run every other output reads, trained with the config's
+# seed; `results/seed_spread/seed-{s}` retrains it with training seed s on the same cohort, splits and lesions
+# (which stay in `results/`), for the seed-spread table.
+SEED_SPREAD_DIR = "results/seed_spread"
+RUN_PATTERN = "results|results/seed_spread/seed-[0-9]+"
+
+
+def spread_seeds():
+    """The training seeds of the seed-spread table: the main run's seed, then seed + 1, seed + 2, ..."""
+    return [config["seed"] + k for k in range(config["seed_spread"]["n_seeds"])]
+
+
+def run_dir(seed):
+    return "results" if seed == config["seed"] else f"{SEED_SPREAD_DIR}/seed-{seed}"
+
+
+def table1_csv(run, protocol):
+    """A run's Table-1 CSV of one protocol (the oracle's is table1.csv)."""
+    return f"{run}/table1.csv" if protocol == "oracle" else f"{run}/table1_{protocol}.csv"
+
+
+def run_seed(run):
+    """The training seed of a run folder (its learned models and the samplers' draws use it)."""
+    return config["seed"] if run == "results" else int(run.rsplit("seed-", 1)[1])
 
 
 def lesion_seed(subject, val_split):

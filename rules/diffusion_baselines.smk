@@ -6,19 +6,19 @@ rule heatmap_inpaint:
     # Checkerboard cubes hidden and in-painted (RePaint-style replacement of the visible ones), alternating
     # pattern and complement over runs; heatmap = mean L1 error (summed over channels) of the hidden voxels.
     input:
-        model="results/models/score/model.pt",
+        model="{run}/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_inpaint.py"),
     output:
-        directory("results/heatmaps/inpaint/{set}"),
+        directory("{run}/heatmaps/inpaint/{set}"),
     params:
         cfg=config["inpaint"],
-        seed=config["seed"],
+        seed=lambda wc: run_seed(wc.run),
     log:
-        "results/logs/heatmap_inpaint/{set}.log",
+        "{run}/logs/heatmap_inpaint/{set}.log",
     benchmark:
-        "results/benchmarks/heatmap_inpaint/{set}.tsv"
+        "{run}/benchmarks/heatmap_inpaint/{set}.tsv"
     threads: 1  # a sampler keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=4000,
@@ -34,19 +34,19 @@ rule heatmap_restoration:
     # Perturbed to sigma(t_start), sampled back down to sigma_min; heatmap = mean over runs of |x - restored|
     # summed over channels.
     input:
-        model="results/models/score/model.pt",
+        model="{run}/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_restoration.py"),
     output:
-        directory("results/heatmaps/restoration/{set}"),
+        directory("{run}/heatmaps/restoration/{set}"),
     params:
         cfg=config["restoration"],
-        seed=config["seed"],
+        seed=lambda wc: run_seed(wc.run),
     log:
-        "results/logs/heatmap_restoration/{set}.log",
+        "{run}/logs/heatmap_restoration/{set}.log",
     benchmark:
-        "results/benchmarks/heatmap_restoration/{set}.tsv"
+        "{run}/benchmarks/heatmap_restoration/{set}.tsv"
     threads: 1  # a sampler keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=4000,

@@ -17,22 +17,22 @@ VALIDATION_METHODS = list(dict.fromkeys(
 rule evaluation_thresholds:
     # One threshold per method and FPR level, fixed on healthy heatmaps (val + lesion-free test).
     input:
-        val_dir="results/heatmaps/{method}/val",
-        test_dir="results/heatmaps/{method}/test",
+        val_dir="{run}/heatmaps/{method}/val",
+        test_dir="{run}/heatmaps/{method}/test",
         val_brainmasks=lambda wc: set_brainmasks("val"),
         test_brainmasks=lambda wc: set_brainmasks("test"),
         code=script_code("evaluation_thresholds.py"),
     output:
-        "results/thresholds/{method}.json",
+        "{run}/thresholds/{method}.json",
     params:
         cfg=section_scope("evaluation", "metrics"),
         method="{method}",
-        val_heatmaps=lambda wc: heatmap_files(wc.method, "val"),
-        test_heatmaps=lambda wc: heatmap_files(wc.method, "test"),
+        val_heatmaps=lambda wc: heatmap_files(wc.method, run=wc.run, image_set="val"),
+        test_heatmaps=lambda wc: heatmap_files(wc.method, run=wc.run, image_set="test"),
     log:
-        "results/logs/evaluation_thresholds/{method}.log",
+        "{run}/logs/evaluation_thresholds/{method}.log",
     benchmark:
-        "results/benchmarks/evaluation_thresholds/{method}.tsv"
+        "{run}/benchmarks/evaluation_thresholds/{method}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -45,22 +45,22 @@ rule evaluation_thresholds:
 
 rule evaluate:
     input:
-        heatmap_dir="results/heatmaps/{method}/test_lesioned",
+        heatmap_dir="{run}/heatmaps/{method}/test_lesioned",
         masks=lambda wc: set_lesion_masks("test_lesioned"),
         brainmasks=lambda wc: set_brainmasks("test_lesioned"),
-        thresholds="results/thresholds/{method}.json",
+        thresholds="{run}/thresholds/{method}.json",
         code=script_code("evaluate.py"),
     output:
-        "results/metrics/{method}_{protocol}.csv",
+        "{run}/metrics/{method}_{protocol}.csv",
     params:
         cfg=section_scope("evaluation", "metrics"),
         method="{method}",
         protocol="{protocol}",
-        heatmaps=lambda wc: heatmap_files(wc.method, "test_lesioned"),
+        heatmaps=lambda wc: heatmap_files(wc.method, run=wc.run, image_set="test_lesioned"),
     log:
-        "results/logs/evaluate/{method}_{protocol}.log",
+        "{run}/logs/evaluate/{method}_{protocol}.log",
     benchmark:
-        "results/benchmarks/evaluate/{method}_{protocol}.tsv"
+        "{run}/benchmarks/evaluate/{method}_{protocol}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -71,24 +71,51 @@ rule evaluate:
         "../workflow/scripts/evaluate.py"
 
 
+rule table1_stats:
+    # Paired statistics: every method against every other on the same test volumes, per protocol and metric
+    # (mean difference, 95 % bootstrap interval over subjects, Wilcoxon p on per-subject means).
+    input:
+        metrics=expand("{{run}}/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
+        code=script_code("table1_stats.py"),
+    output:
+        csv="{run}/table1_stats.csv",
+        figure=report("{run}/figures/paired_differences.png", caption="../report/paired_differences.rst",
+                      category="Table 1"),
+    params:
+        seed=config["seed"],
+    log:
+        "{run}/logs/table1_stats.log",
+    benchmark:
+        "{run}/benchmarks/table1_stats.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV_TORCH
+    script:
+        "../workflow/scripts/table1_stats.py"
+
+
 rule table1:
     input:
-        metrics=expand("results/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
-        thresholds=expand("results/thresholds/{method}.json", method=METHODS),
+        metrics=expand("{{run}}/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
+        thresholds=expand("{{run}}/thresholds/{method}.json", method=METHODS),
+        stats="{run}/table1_stats.csv",
         code=script_code("table1.py"),
     output:
-        oracle_csv=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
-        oracle_md="results/table1.md",
-        **{f"{p}_csv": report(f"results/table1_{p}.csv", caption="../report/table1_deployable.rst",
+        oracle_csv=report("{run}/table1.csv", caption="../report/table1.rst", category="Table 1"),
+        oracle_md="{run}/table1.md",
+        **{f"{p}_csv": report(f"{{run}}/table1_{p}.csv", caption="../report/table1_deployable.rst",
                               category="Table 1", labels={"protocol": p}) for p in PROTOCOLS[1:]},
-        **{f"{p}_md": f"results/table1_{p}.md" for p in PROTOCOLS[1:]},
-        size_bins_csv="results/table1_size_bins.csv",
+        **{f"{p}_md": f"{{run}}/table1_{p}.md" for p in PROTOCOLS[1:]},
+        size_bins_csv="{run}/table1_size_bins.csv",
     params:
         cfg=section_scope("evaluation", "metrics"),
     log:
-        "results/logs/table1.log",
+        "{run}/logs/table1.log",
     benchmark:
-        "results/benchmarks/table1.tsv"
+        "{run}/benchmarks/table1.tsv"
     threads: 1
     resources:
         mem_mb=2000,

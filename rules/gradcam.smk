@@ -4,17 +4,17 @@
 
 rule gradcam_msma_gmm:
     input:
-        train="results/score_norms/train/manifest.tsv",
+        train="{run}/score_norms/train/manifest.tsv",
         code=script_code("gradcam_msma_gmm.py"),
     output:
-        "results/models/gradcam_msma/gmm.npz",
+        "{run}/models/gradcam_msma/gmm.npz",
     params:
         cfg=section_scope("gradcam_msma", "training"),
-        seed=config["seed"],
+        seed=lambda wc: run_seed(wc.run),
     log:
-        "results/logs/gradcam_msma_gmm.log",
+        "{run}/logs/gradcam_msma_gmm.log",
     benchmark:
-        "results/benchmarks/gradcam_msma_gmm.tsv"
+        "{run}/benchmarks/gradcam_msma_gmm.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -27,19 +27,19 @@ rule gradcam_msma_gmm:
 
 rule heatmap_gradcam_msma:
     input:
-        score_model="results/models/score/model.pt",
-        gmm="results/models/gradcam_msma/gmm.npz",
+        score_model="{run}/models/score/model.pt",
+        gmm="{run}/models/gradcam_msma/gmm.npz",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_gradcam_msma.py"),
     output:
-        directory("results/heatmaps/gradcam_msma/{set}"),
+        directory("{run}/heatmaps/gradcam_msma/{set}"),
     params:
         cfg=section_scope("gradcam_msma", "heatmap"),
     log:
-        "results/logs/heatmap_gradcam_msma/{set}.log",
+        "{run}/logs/heatmap_gradcam_msma/{set}.log",
     benchmark:
-        "results/benchmarks/heatmap_gradcam_msma/{set}.tsv"
+        "{run}/benchmarks/heatmap_gradcam_msma/{set}.tsv"
     threads: 1  # keeps about one core busy even with two: 1 lets two run side by side
     resources:
         mem_mb=8000,

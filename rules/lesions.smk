@@ -2,22 +2,26 @@
 
 
 rule simulate_lesions:
+    # One lesion draw of one subject: draws differ by their volume id, which seeds the simulator.
     input:
         image="results/cropped/{subject}.nii.gz",
         brainmask="results/cropped/{subject}_brainmask.nii.gz",
         val_split="results/cohort/val.txt",
         code=script_code("simulate_lesions.py"),
     output:
-        image="results/lesions/{subject}_image.nii.gz",
-        mask="results/lesions/{subject}_mask.nii.gz",
-        table="results/lesions/{subject}_lesions.tsv",
+        image="results/lesions/{subject}_draw-{draw}_image.nii.gz",
+        mask="results/lesions/{subject}_draw-{draw}_mask.nii.gz",
+        table="results/lesions/{subject}_draw-{draw}_lesions.tsv",
     params:
         cfg=config["lesions"],
         seed=lambda wc, input: lesion_seed(wc.subject, input.val_split),
+        volume=lambda wc: volume_ids([wc.subject], int(wc.draw))[-1],
+    wildcard_constraints:
+        draw="[1-9][0-9]*",
     log:
-        "results/logs/simulate_lesions/{subject}.log",
+        "results/logs/simulate_lesions/{subject}_draw-{draw}.log",
     benchmark:
-        "results/benchmarks/simulate_lesions/{subject}.tsv"
+        "results/benchmarks/simulate_lesions/{subject}_draw-{draw}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -30,7 +34,7 @@ rule simulate_lesions:
 
 rule lesion_summary:
     input:
-        tables=lambda wc: [f"results/lesions/{s}_lesions.tsv" for s in set_subjects("test_lesioned")],
+        tables=lambda wc: [f"results/lesions/{v}_lesions.tsv" for v in set_volumes("test_lesioned")],
         masks=lambda wc: set_lesion_masks("test_lesioned"),
         images=lambda wc: set_images("test_lesioned"),
         code=script_code("lesion_summary.py"),

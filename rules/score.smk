@@ -9,18 +9,18 @@ rule train_score_model:
         val=lambda wc: set_images("val"),
         code=script_code("train_score_model.py"),
     output:
-        model="results/models/score/model.pt",
-        log="results/models/score/training_log.csv",
-        figure=report("results/figures/score_training.png", caption="../report/score_training.rst",
+        model="{run}/models/score/model.pt",
+        log="{run}/models/score/training_log.csv",
+        figure=report("{run}/figures/score_training.png", caption="../report/score_training.rst",
                       category="Training"),
     params:
         cfg=config["score"],
-        seed=config["seed"],
-        checkpoint_dir="results/checkpoints/score",
+        seed=lambda wc: run_seed(wc.run),
+        checkpoint_dir="{run}/checkpoints/score",
     log:
-        "results/logs/train_score_model.log",
+        "{run}/logs/train_score_model.log",
     benchmark:
-        "results/benchmarks/train_score_model.tsv"
+        "{run}/benchmarks/train_score_model.tsv"
     priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
     threads: 2
     resources:
@@ -35,19 +35,19 @@ rule train_score_model:
 
 rule score_norms:
     input:
-        model="results/models/score/model.pt",
+        model="{run}/models/score/model.pt",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("score_norms.py"),
     output:
-        manifest="results/score_norms/{set}/manifest.tsv",
+        manifest="{run}/score_norms/{set}/manifest.tsv",
     params:
         cfg=config["score_norms"],
-        subjects=lambda wc: set_subjects(wc.set),
+        subjects=lambda wc: set_volumes(wc.set),
     log:
-        "results/logs/score_norms/{set}.log",
+        "{run}/logs/score_norms/{set}.log",
     benchmark:
-        "results/benchmarks/score_norms/{set}.tsv"
+        "{run}/benchmarks/score_norms/{set}.tsv"
     priority: 10  # Spatial-MSMA's chain first; the baselines fill the other core
     # 1 thread, the train set too: a 2-thread job waits for two cores free at once while 1-thread baseline
     # jobs keep taking the one that frees up (benchmarks/README.md)

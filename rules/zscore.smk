@@ -6,13 +6,13 @@ rule zscore_model:
         images=lambda wc: set_images("train"),
         code=script_code("zscore_model.py"),
     output:
-        "results/models/zscore/model.npz",
+        "{run}/models/zscore/model.npz",
     params:
         sd_floor=config["zscore"]["sd_floor"],
     log:
-        "results/logs/zscore_model.log",
+        "{run}/logs/zscore_model.log",
     benchmark:
-        "results/benchmarks/zscore_model.tsv"
+        "{run}/benchmarks/zscore_model.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -25,16 +25,16 @@ rule zscore_model:
 
 rule heatmap_zscore:
     input:
-        model="results/models/zscore/model.npz",
+        model="{run}/models/zscore/model.npz",
         images=lambda wc: set_images(wc.set),
         masks=lambda wc: set_brainmasks(wc.set),
         code=script_code("heatmap_zscore.py"),
     output:
-        directory("results/heatmaps/zscore/{set}"),
+        directory("{run}/heatmaps/zscore/{set}"),
     log:
-        "results/logs/heatmap_zscore/{set}.log",
+        "{run}/logs/heatmap_zscore/{set}.log",
     benchmark:
-        "results/benchmarks/heatmap_zscore/{set}.tsv"
+        "{run}/benchmarks/heatmap_zscore/{set}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -52,7 +52,7 @@ class Stepping:
     def heatmap(self, case: Case) -> np.ndarray:
         for k in range(1, self.steps_per_image + 1):
             case.on_step(k)
-        self.seen.append(case.subject)
+        self.seen.append(case.image_id)
         return case.image[0] + 10.0
 
 
@@ -77,8 +77,12 @@ def test_writer_errors_name_the_mismatch(tmp_path):
     with pytest.raises(io.InputError, match="_brainmask.nii.gz"):
         write_set_heatmaps(Stepping(), images[:1], images[1:], tmp_path / "out")
     io.write_nifti(np.ones((3, 3, 3), bool), AFFINE, tmp_path / "sub-09_brainmask.nii.gz")
-    with pytest.raises(io.InputError, match="differs from image"):
+    with pytest.raises(io.InputError, match="brain mask of another subject"):
         read_case(images[0], tmp_path / "sub-09_brainmask.nii.gz")
+    (tmp_path / "small").mkdir()
+    io.write_nifti(np.ones((3, 3, 3), bool), AFFINE, tmp_path / "small" / "sub-00_brainmask.nii.gz")
+    with pytest.raises(io.InputError, match="differs from image"):
+        read_case(images[0], tmp_path / "small" / "sub-00_brainmask.nii.gz")
 
     class Flat(Stepping):
         def heatmap(self, case: Case) -> np.ndarray:
@@ -100,7 +104,7 @@ def test_zscore_detector_scores_the_sum_of_channel_z_scores(tmp_path):
     np.testing.assert_allclose(detector.heatmap(case), (np.abs(case.image - stack.mean(0)) / sd).sum(0), rtol=1e-5)
     with pytest.raises(io.InputError, match="at least 2"):
         fit_zscore(train[:1], sd_floor=0.5)
-    short = Case(case.subject, case.image[:1], case.brain, case.affine, case.image_path)
+    short = Case(case.image_id, case.image[:1], case.brain, case.affine, case.image_path)
     with pytest.raises(io.InputError, match="model shape"):
         detector.heatmap(short)
 
@@ -117,3 +121,15 @@ def test_zscore_scripts_run_under_a_snakemake_namespace(tmp_path):
     runpy.run_path(str(scripts / "heatmap_zscore.py"), init_globals={"snakemake": heat})
     assert sorted(p.name for p in (tmp_path / "heat").iterdir()) == ["sub-00.nii.gz", "sub-01.nii.gz"]
     assert "z-score heatmaps: heatmaps of 2 images" in (tmp_path / "heat.log").read_text()
+
+
+def test_lesion_draws_are_their_own_images_and_share_their_subjects_brain_mask(tmp_path):
+    """Two lesion draws of one subject score as two heatmaps named by their volume ids, with one brain mask."""
+    images, masks = write_set(tmp_path, 1)
+    draws = []
+    for k in (1, 2):
+        draw = tmp_path / f"sub-00_draw-{k}_image.nii.gz"
+        draw.write_bytes(Path(images[0]).read_bytes())
+        draws.append(draw)
+    write_set_heatmaps(Stepping(), draws, [masks[0], masks[0]], tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sub-00_draw-1.nii.gz", "sub-00_draw-2.nii.gz"]

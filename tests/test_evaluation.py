@@ -178,8 +178,21 @@ def test_rim_components_dropped_from_prediction_and_truth_when_switched_on():
     rim = brain_rim(brain, cfg.rim_radius)
     assert rim[2, 11, 11] and not rim[12, 12, 12]
     assert np.array_equal(post_process(at_rim | inside, cfg, rim), inside)
-    assert np.array_equal(prepare_reference(at_rim | inside, cfg, rim), inside)
-    assert np.array_equal(prepare_reference(at_rim | inside, EvaluationConfig(), None), at_rim | inside)
+    assert np.array_equal(prepare_reference(at_rim | inside, brain, cfg, rim), inside)
+    assert np.array_equal(prepare_reference(at_rim | inside, brain, EvaluationConfig(), None), at_rim | inside)
+
+
+def test_reference_is_restricted_to_the_region_and_drops_lesions_too_small_to_find():
+    shape = (24, 24, 24)
+    region = box(shape, (4, 4, 4), (16, 16, 16))
+    inside = box(shape, (10, 10, 10), (3, 3, 3))
+    straddling = box(shape, (2, 10, 10), (4, 2, 2))  # 16 voxels, 8 of them inside the region
+    pair = box(shape, (15, 15, 15), (1, 1, 2))  # 2 voxels: under the authors' 3-voxel rule
+    gt = inside | straddling | pair
+    reference = prepare_reference(gt, region, EvaluationConfig(), None)
+    assert np.array_equal(reference, inside | (straddling & region))
+    keep_all = prepare_reference(gt, region, EvaluationConfig(min_lesion_voxels=0), None)
+    assert np.array_equal(keep_all, gt & region)
 
 
 # ---------------------------------------------------------------- thresholds

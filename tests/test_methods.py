@@ -35,12 +35,12 @@ def test_every_config_names_registered_methods_only():
 
 
 def test_every_method_has_exactly_one_heatmap_rule():
-    """A method with its own rule writes results/heatmaps/<key>/{set}; the flow methods share the rule whose
+    """A method with its own rule writes {run}/heatmaps/<key>/{set}; the flow methods share the rule whose
     method wildcard is constrained to the registry's flow keys."""
     rules = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
-    written = re.findall(r'directory\("results/heatmaps/([^/{]+)/\{set\}"\)', rules)
+    written = re.findall(r'directory\("\{run\}/heatmaps/([^/{]+)/\{set\}"\)', rules)
     assert sorted(written) == sorted(k for k in METHODS if k not in flow_keys())
-    assert rules.count('directory("results/heatmaps/{method}/{set}")') == 1
+    assert rules.count('directory("{run}/heatmaps/{method}/{set}")') == 1
     assert re.search(r'FLOW_METHODS = flow_keys\(\)', rules)
 
 

@@ -52,9 +52,10 @@ def run_dir(tmp_path_factory):
     return workdir
 
 
-def _rules_to_rerun(workdir, *args):
-    """The rules a dry run would run, from Snakemake's job-count table."""
-    dry = _snakemake(workdir, "--cores", "1", "--dry-run", "--quiet", "rules", *args)
+def _rules_to_rerun(workdir, *args, targets=()):
+    """The rules a dry run (of ``targets``, default the default target) would run, from Snakemake's job-count
+    table. Targets go last, after an option that takes one value: list-valued options would swallow them."""
+    dry = _snakemake(workdir, *args, "--dry-run", "--quiet", "rules", "--cores", "1", *targets)
     rules = set()
     for line in (dry.stdout + dry.stderr).splitlines():
         parts = line.split()
@@ -139,11 +140,41 @@ def test_cropped_volumes_share_one_grid_with_sides_divisible_by_8(run_dir):
     assert image.shape[0] == 2 and np.allclose(np.diag(affine)[:3], 8.0)
 
 
-def test_lesions_only_inside_the_brain(run_dir):
+def test_lesions_only_inside_the_brain_and_each_draw_its_own(run_dir):
+    draws = yaml.safe_load(TINY.read_text())["lesion_draws"]["test"]
     for subject in (run_dir / "results/cohort/test.txt").read_text().split():
-        lesion, _ = read_mask(run_dir / f"results/lesions/{subject}_mask.nii.gz")
         brain, _ = read_mask(run_dir / f"results/cropped/{subject}_brainmask.nii.gz")
-        assert lesion.any() and not (lesion & ~brain).any()
+        masks = [read_mask(run_dir / f"results/lesions/{subject}_draw-{k}_mask.nii.gz")[0]
+                 for k in range(1, draws + 1)]
+        for lesion in masks:
+            assert lesion.any() and not (lesion & ~brain).any()
+        assert not np.array_equal(masks[0], masks[1])  # independent placements of one subject
+
+
+def test_paired_statistics_over_the_test_volumes(run_dir):
+    """table1_stats.csv compares every method with Spatial-MSMA on every volume (draws x subjects), and the
+    table says what is significant."""
+    draws = yaml.safe_load(TINY.read_text())["lesion_draws"]["test"]
+    n_subjects = len((run_dir / "results/cohort/test.txt").read_text().split())
+    stats = pd.read_csv(run_dir / "results/table1_stats.csv")
+    versus_msma = stats[(stats["versus"] == "spatial_msma") & (stats["metric"] == "tpr")]
+    assert set(versus_msma["protocol"]) == {"oracle", "fpr05", "fpr10"}
+    assert (versus_msma["n_subjects"] == n_subjects).all() and (versus_msma["n_volumes"] == n_subjects * draws).all()
+    assert (versus_msma["ci_low"] <= versus_msma["ci_high"]).all()
+    assert "the paired statistics support it" in (run_dir / "results/table1.md").read_text()
+    assert (run_dir / "results/figures/paired_differences.png").stat().st_size > 10_000
+
+
+def test_seed_spread_retrains_only_the_learned_chain(run_dir):
+    """The seed-spread target plans the learned models again under results/seed_spread/seed-{s} with the other
+    training seeds, on the main run's cohort, crops and lesions (none of which is planned again)."""
+    out = _snakemake(run_dir, "--dry-run", "--cores", "1", "results/seed_spread/table1.csv").stdout
+    rules = _rules_to_rerun(run_dir, targets=["results/seed_spread/table1.csv"])
+    assert {"train_score_model", "train_flow", "train_ae", "table1", "seed_spread"} <= rules, rules
+    assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess", "crop", "simulate_lesions"}, rules
+    seed = yaml.safe_load(TINY.read_text())["seed"]
+    for other in (seed + 1, seed + 2):
+        assert f"results/seed_spread/seed-{other}/models/score/model.pt" in out
 
 
 @pytest.mark.parametrize(("module", "reruns", "keeps"), [

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from spatial_msma import io
+from spatial_msma.lesions.volumes import IMAGE_SUFFIX, subject_of
 from spatial_msma.progress import Progress
 
 MASK_SUFFIX = "_brainmask.nii.gz"
@@ -33,12 +34,13 @@ class Case:
     """One image as a detector sees it.
 
     ``image`` (C, X, Y, Z) float32, read from ``image_path``, and its ``affine``; ``brain`` (X, Y, Z) bool;
-    ``subject`` names the image's other files (its score-norm cache) and seeds the sampling detectors per
-    subject; ``on_step(k)``: call after the k-th of a detector's :attr:`Detector.steps_per_image` steps, so
+    ``image_id`` (the subject, or ``{subject}_draw-{k}`` for a lesioned volume) names the image's other files
+    (its heatmap, its score-norm cache) and seeds the sampling detectors per image; ``on_step(k)``: call
+    after the k-th of a detector's :attr:`Detector.steps_per_image` steps, so
     a slow image still reports progress.
     """
 
-    subject: str
+    image_id: str
     image: np.ndarray
     brain: np.ndarray
     affine: np.ndarray
@@ -74,22 +76,32 @@ def subject_of_mask(path: str | os.PathLike) -> str:
     return name.removesuffix(MASK_SUFFIX)
 
 
+def image_id_of(path: str | os.PathLike) -> str:
+    """The id of an image file: ``results/cropped/{subject}.nii.gz`` or ``results/lesions/{volume}_image.nii.gz``."""
+    name = Path(path).name
+    if not name.endswith(".nii.gz"):
+        raise io.InputError(f"image {path}: expected a .nii.gz file named by its subject or lesioned volume")
+    return name.removesuffix(IMAGE_SUFFIX) if name.endswith(IMAGE_SUFFIX) else name.removesuffix(".nii.gz")
+
+
 def read_case(image_path: str | os.PathLike, mask_path: str | os.PathLike,
               on_step: Callable[[int], None] = _no_progress) -> Case:
-    """Read one image and its brain mask (``{subject}_brainmask.nii.gz``) as a :class:`Case`."""
-    subject = subject_of_mask(mask_path)
+    """Read one image and its subject's brain mask (``{subject}_brainmask.nii.gz``) as a :class:`Case`."""
+    image_id = image_id_of(image_path)
+    if subject_of(image_id) != subject_of_mask(mask_path):
+        raise io.InputError(f"image {image_path} is paired with the brain mask of another subject: {mask_path}")
     image, affine = io.read_channels(image_path)
     brain, _ = io.read_mask(mask_path)
     if brain.shape != image.shape[1:]:
         raise io.InputError(f"brain mask {mask_path}: shape {brain.shape} differs from image {image_path} "
                             f"{image.shape[1:]}")
-    return Case(subject, image, brain, affine, Path(image_path), on_step)
+    return Case(image_id, image, brain, affine, Path(image_path), on_step)
 
 
 def masked(heat: np.ndarray, case: Case, label: str) -> np.ndarray:
     """A detector's map as written: checked against the case's grid, float32, 0 outside the brain."""
     if heat.shape != case.brain.shape:
-        raise io.InputError(f"{label}: heatmap of {case.subject} has shape {heat.shape}, the image "
+        raise io.InputError(f"{label}: heatmap of {case.image_id} has shape {heat.shape}, the image "
                             f"{case.brain.shape}")
     return np.where(case.brain, heat, 0.0).astype(np.float32)
 
@@ -97,7 +109,7 @@ def masked(heat: np.ndarray, case: Case, label: str) -> np.ndarray:
 def write_set_heatmaps(detector: Detector, images: Sequence[str | os.PathLike],
                        masks: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                        logger: logging.Logger | None = None) -> None:
-    """Score every image of a set: ``out_dir/{subject}.nii.gz`` per (image, brain mask) pair.
+    """Score every image of a set: ``out_dir/{image_id}.nii.gz`` per (image, brain mask) pair.
 
     Progress (steps/s, ETA) counts the detector's steps over the whole set, so a set of slow sampler runs
     reports within an image, and a set of one-pass detectors per image.
@@ -119,6 +131,6 @@ def write_set_heatmaps(detector: Detector, images: Sequence[str | os.PathLike],
 
         case = read_case(image_path, mask_path, on_step)
         io.write_nifti(masked(detector.heatmap(case), case, detector.label), case.affine,
-                       out / f"{case.subject}.nii.gz")
+                       out / f"{case.image_id}.nii.gz")
         progress.update((done + 1) * per_image, images=done + 1)
     logger.info("%s: heatmaps of %d images in %s", detector.label, len(images), out)

@@ -1,8 +1,8 @@
 """Snakemake entry point: MS-MIST-style lesions for one subject -> lesioned image, ground-truth mask, lesion table.
 
 input: image (cropped 2-channel NIfTI), brainmask; output: image, mask, table (TSV, one row per lesion);
-params: cfg (the ``lesions`` config section), seed (int; the per-subject seed is derived from it and the
-subject id); wildcards: subject.
+params: cfg (the ``lesions`` config section), seed (int), volume (the lesioned volume's id,
+``{subject}_draw-{k}``: the volume's own seed is derived from both, so every draw is another placement).
 """
 
 from spatial_msma.lesions.simulate import simulate_subject_files
@@ -18,6 +18,6 @@ simulate_subject_files(
     sm.output.table,
     cfg=sm.params.cfg,
     seed=sm.params.seed,
-    subject=sm.wildcards.subject,
+    subject=sm.params.volume,
     logger=logger,
 )

@@ -131,4 +131,4 @@ class InpaintDetector(SamplerDetector):
         return f", cubes of {'x'.join(map(str, self.cfg.cube_edges(self.model.net.image_shape)))} voxels"
 
     def heatmap(self, case: Case) -> np.ndarray:
-        return inpaint_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.subject, case.on_step)
+        return inpaint_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.image_id, case.on_step)

@@ -93,5 +93,5 @@ class RestorationDetector(SamplerDetector):
         return f" to sigma_min {self.model.sde.sigma_min:.4g}"
 
     def heatmap(self, case: Case) -> np.ndarray:
-        return restoration_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.subject,
+        return restoration_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.image_id,
                                    case.on_step)

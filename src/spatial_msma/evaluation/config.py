@@ -28,12 +28,19 @@ class EvaluationConfig:
     rim_radius: int = 2
     # Component metrics: the paper's "8-connectivity including diagonals" is 26 neighbours in 3D.
     component_connectivity_metrics: int = 3
+    # (code) The size rule of the post-processing applies to the ground truth too: lesion components under
+    # ``min_lesion_voxels`` voxels (``lesion_connectivity``; the code's 18) are not lesions to find. They stay
+    # in the size-bin table; 0 or 1 scores every simulated component.
+    min_lesion_voxels: int = 3
+    lesion_connectivity: int = 2
     # Oracle protocol: candidate thresholds evenly spaced between two percentiles of in-brain values.
     oracle_n_thresholds: int = 100
     oracle_percentiles: tuple[float, float] = (90.0, 99.99)
-    # Deployable protocol: one threshold per method at these healthy-voxel false-positive rates,
-    # fitted inside the brain mask eroded by ``erosion_radius`` voxels.
+    # Deployable protocol: one threshold per method at these healthy-voxel false-positive rates.
     fpr_levels: tuple[float, ...] = (0.05, 0.10)
+    # The evaluated region of every protocol (code): the brain mask eroded by ``erosion_radius`` voxels.
+    # Heatmaps and ground truth are restricted to it, and the deployable thresholds are fitted in it, so a
+    # threshold is applied on the region whose false-positive rate it was fitted for (0: the whole brain).
     erosion_radius: int = 2
     # Image-level anomaly score: this percentile of the in-brain heatmap.
     image_score_percentile: float = 99.9
@@ -45,10 +52,11 @@ class EvaluationConfig:
         def bad(key: str, why: str) -> InputError:
             return InputError(f"config evaluation.{key}: {why} (got {getattr(self, key)!r})")
 
-        for key in ("component_connectivity_postprocess", "component_connectivity_metrics"):
+        for key in ("component_connectivity_postprocess", "component_connectivity_metrics", "lesion_connectivity"):
             if getattr(self, key) not in (1, 2, 3):
                 raise bad(key, "must be 1, 2 or 3 (6-, 18- or 26-neighbour connectivity)")
-        check_numbers(self, "evaluation", ("min_component_voxels", "dilation_radius", "rim_radius", "erosion_radius"),
+        check_numbers(self, "evaluation", ("min_component_voxels", "min_lesion_voxels", "dilation_radius", "rim_radius",
+                                              "erosion_radius"),
                       0, integer=True)
         check_numbers(self, "evaluation", ("oracle_n_thresholds", "figure_subjects", "froc_n_thresholds"), 1,
                       integer=True)

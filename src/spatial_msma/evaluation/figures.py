@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import component_counts
@@ -24,11 +25,14 @@ from spatial_msma.evaluation.pipeline import (
     MASK_SUFFIX,
     by_subject,
     load_case,
+    load_region_case,
     load_thresholds,
     lookup,
 )
 from spatial_msma.evaluation.postprocess import prepare_reference, rim_for, segment
+from spatial_msma.evaluation.tables import HEADERS
 from spatial_msma.io import InputError, read_channels, read_mask, save_figure
+from spatial_msma.lesions.volumes import subject_of
 from spatial_msma.methods import display_name, method_order
 from spatial_msma.progress import Progress
 from spatial_msma.protocols import protocol_name
@@ -75,10 +79,10 @@ def plot_montage(
         image, _ = read_channels(images[subject])
         lesion, _ = read_mask(lesion_masks[subject])
         z = lesion_slice(lesion)
-        brain_slice = read_mask(brain_masks[subject])[0][:, :, z].T.astype(float)
+        brain_slice = read_mask(brain_masks[subject_of(subject)])[0][:, :, z].T.astype(float)
         panels = [("T1", image[0], "gray", (-1.0, 1.0)), ("T2", image[1], "gray", (-1.0, 1.0))]
         for method in methods:
-            case = load_case(subject, heatmaps[method][subject], brain_masks[subject])
+            case = load_case(subject, heatmaps[method][subject], brain_masks[subject_of(subject)])
             panels.append((display_name(method), clip_scale(case.heatmap, case.brain), "inferno", (0.0, 1.0)))
         for row, (label, volume, cmap, (vmin, vmax)) in enumerate(panels):
             ax = axes[row, col]
@@ -123,8 +127,8 @@ def froc_curve(
     One threshold for all images (unlike the oracle), post-processed exactly as in the tables; the last
     ``len(extra_thresholds)`` entries of each array are those extra operating points.
     """
-    cases = [load_case(s, heatmaps[s], lookup(brain_masks, s, "brain mask"), lookup(lesion_masks, s, "lesion mask"))
-             for s in sorted(heatmaps)]
+    cases = [load_region_case(v, heatmaps[v], lookup(brain_masks, subject_of(v), "brain mask"), cfg,
+                              lookup(lesion_masks, v, "lesion mask")) for v in sorted(heatmaps)]
     pooled = np.concatenate([c.heatmap[c.brain] for c in cases])
     thresholds = np.r_[froc_thresholds(pooled, cfg.froc_n_thresholds), np.asarray(extra_thresholds, float)]
     detected = np.zeros(len(thresholds))
@@ -132,7 +136,7 @@ def froc_curve(
     fp = np.zeros(len(thresholds))
     for case in cases:
         rim = rim_for(case.brain, cfg)
-        reference = prepare_reference(case.lesion, cfg, rim)
+        reference = prepare_reference(case.lesion, case.brain, cfg, rim)
         volume = float(abs(np.linalg.det(case.affine[:3, :3])))
         for i, t in enumerate(thresholds):
             counts = component_counts(reference, segment(case.heatmap, case.brain, t, cfg, rim), volume,
@@ -205,7 +209,7 @@ def make_figures(
     images_by = by_subject(images, IMAGE_SUFFIX)
     masks_by = by_subject(lesion_masks, MASK_SUFFIX)
     brains_by = by_subject(brain_masks, BRAINMASK_SUFFIX)
-    common = set(images_by) & set(masks_by) & set(brains_by)
+    common = {v for v in set(images_by) & set(masks_by) if subject_of(v) in brains_by}
     for subjects in by_method.values():
         common &= set(subjects)
     if not common:
@@ -228,3 +232,95 @@ def make_figures(
         progress.update(i)
     plot_froc(curves, cfg.froc_n_thresholds, operating, froc_path)
     return chosen
+
+
+# Paired differences against the reference method (Table-1 statistics, spatial_msma.evaluation.stats).
+
+PAIRED_METRICS = ("hd99", "msd", "tpr", "ppv", "dice", "auroc")
+#: Bar colour by the stats table's ``better`` (the reference is the ``versus`` side).
+PAIRED_COLOURS = {"versus": "tab:blue", "method": "tab:orange", "none": "0.3"}
+
+
+def plot_paired_differences(
+    stats: pd.DataFrame,
+    subject_diffs: pd.DataFrame,
+    out_path: PathLike,
+    reference: str = "spatial_msma",
+    metrics: Sequence[str] = PAIRED_METRICS,
+    confidence: float = 0.95,
+) -> None:
+    """Every method minus ``reference``: one panel per metric (columns) and protocol (rows).
+
+    Per method, grey points are the per-subject mean differences (the independent units) and the bar is the
+    mean difference over volumes with its subject-bootstrap interval, coloured by which side it excludes 0
+    for. The half of each panel where the reference is better is shaded, so the direction of every metric
+    (lower-is-better distances, higher-is-better overlaps) reads the same way. ``stats`` is
+    :func:`spatial_msma.evaluation.stats.paired_stats`, ``subject_diffs`` its ``subject_differences``;
+    protocols appear in the order of ``stats``.
+    """
+    ref_name = display_name(reference)
+    vs = stats[(stats["versus"] == reference) & stats["metric"].isin(metrics)]
+    protocols = list(dict.fromkeys(stats["protocol"]))
+    methods = method_order(vs["method"].unique())
+    n_rows, n_cols, n_methods = max(len(protocols), 1), len(metrics), max(len(methods), 1)
+    height = (0.36 * n_methods + 1.25) * n_rows + 1.0
+    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, figsize=(2.7 * n_cols + 1.8, height))
+    for r, protocol in enumerate(protocols):
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            rows = vs[(vs["protocol"] == protocol) & (vs["metric"] == metric)].set_index("method")
+            points = subject_diffs[(subject_diffs["protocol"] == protocol) & (subject_diffs["metric"] == metric)
+                                   & (subject_diffs["versus"] == reference)]
+            for k, method in enumerate(methods):
+                y = n_methods - 1 - k
+                d = points.loc[points["method"] == method, "difference"].to_numpy(dtype=float)
+                jitter = ((np.arange(d.size) * 0.6180339887) % 1.0 - 0.5) * 0.45
+                ax.scatter(d, y + jitter, s=8, color="0.55", alpha=0.55, linewidths=0, zorder=1)
+                if method in rows.index and np.isfinite(rows.at[method, "ci_low"]):
+                    mean, low, high = (float(rows.at[method, key]) for key in ("mean_diff", "ci_low", "ci_high"))
+                    colour = PAIRED_COLOURS[rows.at[method, "better"]]
+                    # a line from low to high, not errorbar(): a percentile interval need not contain the mean
+                    ax.plot([low, high], [y, y], "-", color=colour, lw=2.4, zorder=3)
+                    ax.plot([low, high], [y, y], "|", color=colour, ms=8, mew=2, zorder=3)
+                    ax.plot([mean], [y], "D", color=colour, ms=5, zorder=4)
+            if rows.empty:
+                ax.text(0.5, 0.5, f"no {ref_name} rows", transform=ax.transAxes, ha="center", va="center",
+                        fontsize=9, color="0.4")
+            lo, hi = ax.get_xlim()
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            pad = 0.04 * (hi - lo or 1.0)
+            lo, hi = lo - pad, hi + pad
+            lower = bool((vs.loc[vs["metric"] == metric, "direction"] == "lower").any())
+            span = (0.0, hi) if lower else (lo, 0.0)
+            ax.axvspan(*span, color=PAIRED_COLOURS["versus"], alpha=0.07, lw=0)
+            ax.axvline(0.0, color="black", lw=1.0, zorder=2)
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(-0.6, n_methods - 0.4)
+            ax.set_yticks(range(n_methods))
+            ax.set_yticklabels([display_name(m) for m in reversed(methods)] if c == 0 else [])
+            ax.tick_params(labelsize=9)
+            ax.grid(True, axis="x", alpha=0.3)
+            left, right = ("other", ref_name) if lower else (ref_name, "other")
+            ax.set_xlabel(f"← {left} better | {right} better →", fontsize=8, color="0.3")
+            if r == 0:
+                ax.set_title(f"{HEADERS.get(metric, metric)}\n({'lower' if lower else 'higher'} is better)",
+                             fontsize=11)
+            if c == 0:
+                n_subj = points["subject"].nunique()
+                ax.set_ylabel(f"{protocol}\n({n_subj} subjects)", fontsize=11, fontweight="bold")
+    def bar(colour: str, label: str) -> plt.Line2D:
+        return plt.Line2D([], [], marker="D", color=colour, lw=2.4, label=label)
+
+    handles = [
+        bar(PAIRED_COLOURS["versus"], f"{ref_name} significantly better"),
+        bar(PAIRED_COLOURS["method"], "other method significantly better"),
+        bar(PAIRED_COLOURS["none"], "interval contains 0"),
+        plt.Line2D([], [], marker="o", ls="", color="0.55", label="one subject (mean over its volumes)"),
+        plt.Rectangle((0, 0), 1, 1, color=PAIRED_COLOURS["versus"], alpha=0.15,
+                      label=f"side where {ref_name} is better"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    fig.suptitle(f"Paired differences, method − {ref_name}: mean over volumes with {100 * confidence:g} % "
+                 "interval (subjects resampled), grey points = per-subject means", fontsize=12)
+    fig.tight_layout(rect=(0, 0.45 / height, 1, 1 - 0.4 / height))  # room for the legend and title (inches)
+    save_figure(fig, out_path)

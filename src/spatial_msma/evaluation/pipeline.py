@@ -1,8 +1,9 @@
 """File-level evaluation steps, one per workflow script: fit deployable thresholds, score one method.
 
-Subjects are matched by the file names of the data contract (``{subject}.nii.gz`` heatmaps,
-``{subject}_mask.nii.gz`` lesion masks, ``{subject}_brainmask.nii.gz`` brain masks), never by list order,
-so a reordered or partial input list is an error that names the subject instead of a silent mismatch.
+Images are matched by the file names of the data contract (``{id}.nii.gz`` heatmaps, ``{volume}_mask.nii.gz``
+lesion masks, ``{subject}_brainmask.nii.gz`` brain masks; a lesioned volume ``{subject}_draw-{k}`` uses its
+subject's brain mask), never by list order, so a reordered or partial input list is an error that names
+the image instead of a silent mismatch.
 """
 
 from __future__ import annotations
@@ -30,22 +31,29 @@ from spatial_msma.evaluation.metrics import (
     voxel_auroc_auprc,
     voxel_size,
 )
-from spatial_msma.evaluation.postprocess import label_components, prepare_reference, rim_for, segment
-from spatial_msma.evaluation.thresholds import fpr_thresholds, healthy_voxels, oracle_threshold
+from spatial_msma.evaluation.postprocess import (
+    erode,
+    label_components,
+    prepare_reference,
+    rim_for,
+    segment,
+)
+from spatial_msma.evaluation.thresholds import fpr_thresholds, oracle_threshold
 from spatial_msma.io import InputError, load_nifti, write_json, write_table
+from spatial_msma.lesions.volumes import DRAW_SEPARATOR, IMAGE_SUFFIX, subject_of
+from spatial_msma.lesions.volumes import LESION_MASK_SUFFIX as MASK_SUFFIX
 from spatial_msma.progress import Progress
 from spatial_msma.protocols import protocol_name
 
 HEATMAP_SUFFIX = ".nii.gz"
-MASK_SUFFIX = "_mask.nii.gz"
 BRAINMASK_SUFFIX = "_brainmask.nii.gz"
-IMAGE_SUFFIX = "_image.nii.gz"
+__all__ = ["IMAGE_SUFFIX", "MASK_SUFFIX"]  # the figures read lesioned images and masks by the same contract
 
 PathLike = str | os.PathLike
 
 
 def subject_from_path(path: PathLike, suffix: str) -> str:
-    """Subject id of a contract file name, e.g. ``results/lesions/sub-01_mask.nii.gz`` -> ``sub-01``."""
+    """Image id of a contract file name, e.g. ``results/lesions/sub-01_draw-1_mask.nii.gz`` -> ``sub-01_draw-1``."""
     name = Path(path).name
     if not name.endswith(suffix) or len(name) == len(suffix):
         raise InputError(f"{path}: expected a file named <subject>{suffix}")
@@ -53,9 +61,10 @@ def subject_from_path(path: PathLike, suffix: str) -> str:
 
 
 def by_subject(paths: Sequence[PathLike], suffix: str) -> dict[str, Path]:
-    """Map subject id -> path; a subject listed twice is an error."""
+    """Map image id -> path; an id listed twice with two paths is an error (the same path twice is one file:
+    the draws of a subject list its brain mask once each)."""
     out: dict[str, Path] = {}
-    for p in paths:
+    for p in dict.fromkeys(str(p) for p in paths):
         subject = subject_from_path(p, suffix)
         if subject in out:
             raise InputError(f"subject {subject} is listed twice: {out[subject]} and {p}")
@@ -66,23 +75,42 @@ def by_subject(paths: Sequence[PathLike], suffix: str) -> dict[str, Path]:
 def lookup(table: Mapping[str, Path], subject: str, what: str) -> Path:
     """``table[subject]``, or an InputError saying which file kind the subject lacks."""
     if subject not in table:
-        raise InputError(f"subject {subject}: no {what} among the inputs")
+        raise InputError(f"{subject}: no {what} among the inputs")
     return table[subject]
 
 
 @dataclass(frozen=True)
 class Case:
-    """One subject's brain-masked heatmap, brain mask, optional lesion mask and the shared affine."""
+    """One image's heatmap and lesion mask restricted to its evaluated region, and the shared affine.
 
-    subject: str
+    ``image_id`` is the subject, or ``{subject}_draw-{k}`` for a lesioned volume; ``brain`` is the region
+    every metric and threshold uses (the brain mask eroded by ``erosion_radius``); ``heatmap`` is 0 outside
+    it; ``lesion`` is the full simulated mask (the scored reference is made from it by
+    :func:`~spatial_msma.evaluation.postprocess.prepare_reference`).
+    """
+
+    image_id: str
     heatmap: np.ndarray
     brain: np.ndarray
     lesion: np.ndarray | None
     affine: np.ndarray
 
+    @property
+    def subject(self) -> str:
+        return subject_of(self.image_id)
 
-def load_case(subject: str, heatmap_path: PathLike, brain_path: PathLike, lesion_path: PathLike | None = None) -> Case:
-    """Read and cross-check a heatmap, its brain mask and (optionally) its lesion mask."""
+    @property
+    def draw(self) -> int:
+        """The lesion draw (1-based) of a lesioned volume, 0 for a lesion-free image."""
+        return int(self.image_id.rsplit(DRAW_SEPARATOR, 1)[1]) if DRAW_SEPARATOR in self.image_id else 0
+
+
+def load_case(
+    image_id: str, heatmap_path: PathLike, brain_path: PathLike, lesion_path: PathLike | None = None,
+    erosion_radius: int = 0,
+) -> Case:
+    """Read and cross-check a heatmap, its brain mask and (optionally) its lesion mask; the case's region is
+    the brain mask eroded by ``erosion_radius`` voxels."""
     heat_img = load_nifti(heatmap_path, ndim=3, what="heatmap")
     brain_img = load_nifti(brain_path, ndim=3, what="brain mask")
     imgs = [(heatmap_path, heat_img), (brain_path, brain_img)]
@@ -94,23 +122,36 @@ def load_case(subject: str, heatmap_path: PathLike, brain_path: PathLike, lesion
         if not np.allclose(img.affine, heat_img.affine, atol=1e-3):
             raise InputError(f"{path}: affine differs from heatmap {heatmap_path}; not on the same grid")
     brain = brain_img.get_fdata(dtype=np.float32) > 0.5
+    if erosion_radius:
+        brain = erode(brain, erosion_radius)
     if not brain.any():
-        raise InputError(f"brain mask {brain_path}: empty")
+        raise InputError(f"brain mask {brain_path}: empty" + (f" after erosion by {erosion_radius} voxels (config "
+                                                              "evaluation.erosion_radius)" if erosion_radius else ""))
     heatmap = np.where(brain, heat_img.get_fdata(dtype=np.float32), 0.0).astype(np.float32)
     lesion = imgs[2][1].get_fdata(dtype=np.float32) > 0.5 if lesion_path is not None else None
-    return Case(subject, heatmap, brain, lesion, heat_img.affine)
+    return Case(image_id, heatmap, brain, lesion, heat_img.affine)
+
+
+def load_region_case(image_id: str, heatmap_path: PathLike, brain_path: PathLike, cfg: EvaluationConfig,
+                     lesion_path: PathLike | None = None) -> Case:
+    """:func:`load_case` on the evaluated region of ``cfg``: the brain eroded by ``erosion_radius`` (the authors'
+    evaluator). Every metric and every threshold fit uses it: the skull-stripping border, where every detector
+    lights up, is neither a place to fit a false-positive rate on nor one to apply it to."""
+    return load_case(image_id, heatmap_path, brain_path, lesion_path, cfg.erosion_radius)
 
 
 def evaluate_subject(case: Case, cfg: EvaluationConfig, threshold: float | None = None) -> dict:
-    """All metrics for one lesioned subject; ``threshold=None`` runs the per-subject oracle search.
+    """All metrics for one lesioned volume; ``threshold=None`` runs the per-volume oracle search.
 
-    An empty prediction has no surface: its distances are NaN and ``missed`` is 1, so a table can report
-    it instead of dropping the subject or scoring it 0.
+    ``case`` comes from :func:`load_region_case`: everything is measured inside the evaluated region. An
+    empty prediction has no surface: its distances are NaN and ``missed`` is 1, so a table can report it
+    instead of dropping the volume or scoring it 0. Lesions the reference drops as too small to find
+    (``min_lesion_voxels``) still appear in the size-bin counts, so the table shows what was left out.
     """
     if case.lesion is None:
-        raise ValueError(f"subject {case.subject}: evaluate_subject needs a lesion mask")
+        raise ValueError(f"image {case.image_id}: evaluate_subject needs a lesion mask")
     rim = rim_for(case.brain, cfg)
-    reference = prepare_reference(case.lesion, cfg, rim)
+    reference = prepare_reference(case.lesion, case.brain, cfg, rim)
     if threshold is None:
         threshold, _, _ = oracle_threshold(case.heatmap, case.brain, reference, cfg, rim)
     prediction = segment(case.heatmap, case.brain, threshold, cfg, rim)
@@ -122,9 +163,13 @@ def evaluate_subject(case: Case, cfg: EvaluationConfig, threshold: float | None 
     else:
         hd99_mm, msd_mm = monai_distances(reference, prediction, spacing=spacing)
     counts = component_counts(reference, prediction, voxel_volume, cfg.component_connectivity_metrics)
+    all_lesions = component_counts(case.lesion & case.brain, prediction, voxel_volume,
+                                   cfg.component_connectivity_metrics)
     auroc, auprc = voxel_auroc_auprc(case.heatmap, reference, case.brain)
     row = {
         "subject": case.subject,
+        "volume": case.image_id,
+        "draw": case.draw,
         "threshold": float(threshold),
         "missed": int(not prediction.any()),
         "hd99": hd99,
@@ -147,13 +192,15 @@ def evaluate_subject(case: Case, cfg: EvaluationConfig, threshold: float | None 
         "contrast": lesion_contrast(case.heatmap, reference, case.brain),
         "image_score": image_score(case.heatmap, case.brain, cfg.image_score_percentile),
         "gt_voxels": int(reference.sum()),
+        "n_small_lesions_left_out": all_lesions.gt_detected + all_lesions.gt_missed - counts.gt_detected
+        - counts.gt_missed,
         "pred_voxels": int(prediction.sum()),
         "voxel_mm": float(spacing.mean()),
         "voxel_volume_mm3": voxel_volume,
     }
     if not np.isfinite(row["sym_msd"]):
         row["sym_msd"] = float("nan")
-    for name, tp, fn in zip(SIZE_BIN_NAMES, counts.bin_detected, counts.bin_missed, strict=True):
+    for name, tp, fn in zip(SIZE_BIN_NAMES, all_lesions.bin_detected, all_lesions.bin_missed, strict=True):
         row[f"bin_{name}_tp"] = tp
         row[f"bin_{name}_fn"] = fn
     return row
@@ -193,9 +240,9 @@ def evaluate_method(
     thresholds_json: PathLike | None = None,
     logger: logging.Logger | None = None,
 ) -> pd.DataFrame:
-    """Score one method under one protocol on every lesioned test subject; write the per-subject CSV.
+    """Score one method under one protocol on every lesioned test volume; write the per-volume CSV.
 
-    ``protocol`` is ``oracle`` (per-subject threshold search) or a deployable protocol from
+    ``protocol`` is ``oracle`` (per-volume threshold search) or a deployable protocol from
     ``cfg.protocols`` whose fixed threshold is read from ``thresholds_json``.
     """
     logger = logger or logging.getLogger("spatial_msma")
@@ -209,21 +256,21 @@ def evaluate_method(
     heat_by = by_subject(heatmaps, HEATMAP_SUFFIX)
     masks_by = by_subject(lesion_masks, MASK_SUFFIX)
     brains_by = by_subject(brain_masks, BRAINMASK_SUFFIX)
-    subjects = sorted(heat_by)
-    if not subjects:
+    volumes = sorted(heat_by)
+    if not volumes:
         raise InputError(f"method {method}: no heatmaps to evaluate")
-    logger.info("evaluating %s / %s on %d subjects (threshold %s)", method, protocol, len(subjects),
-                "per-subject oracle" if fixed is None else f"{fixed:.6g}")
-    progress = Progress(len(subjects), f"evaluate {method}/{protocol}", logger)
+    logger.info("evaluating %s / %s on %d volumes of %d subjects (threshold %s)", method, protocol, len(volumes),
+                len({subject_of(v) for v in volumes}), "per-volume oracle" if fixed is None else f"{fixed:.6g}")
+    progress = Progress(len(volumes), f"evaluate {method}/{protocol}", logger)
     rows = []
-    for i, subject in enumerate(subjects, 1):
-        case = load_case(subject, heat_by[subject], lookup(brains_by, subject, "brain mask"),
-                         lookup(masks_by, subject, "lesion mask"))
+    for i, volume in enumerate(volumes, 1):
+        case = load_region_case(volume, heat_by[volume], lookup(brains_by, subject_of(volume), "brain mask"), cfg,
+                                lookup(masks_by, volume, "lesion mask"))
         rows.append({"method": method, "protocol": protocol, **evaluate_subject(case, cfg, fixed)})
         progress.update(i)
     frame = pd.DataFrame(rows)
     write_table(frame, out_csv)
-    logger.info("%s / %s: %d subjects, %d missed, mean HD99 %.3f, MSD %.3f, TPR %.3f, PPV %.3f -> %s",
+    logger.info("%s / %s: %d volumes, %d missed, mean HD99 %.3f, MSD %.3f, TPR %.3f, PPV %.3f -> %s",
                 method, protocol, len(frame), int(frame["missed"].sum()), frame["hd99"].mean(),
                 frame["msd"].mean(), frame["tpr"].mean(), frame["ppv"].mean(), out_csv)
     return frame
@@ -239,28 +286,26 @@ def fit_method_thresholds(
     """Fit the deployable thresholds of one method on its healthy heatmaps and write them as JSON.
 
     ``healthy`` maps a set name (``val``, ``test``) to (heatmap paths, brain-mask paths). Voxels of all
-    sets are pooled inside the eroded brain masks. The JSON also records, per threshold, the FPR reached
-    on those voxels and the false-positive components per lesion-free ``test`` image after
-    post-processing, plus every healthy image's image-level score (the negatives of the image AUROC).
+    sets are pooled inside the evaluated region (:func:`load_region_case`), the region the thresholds are
+    applied in. The JSON records per threshold the FPR reached on those voxels and, on the lesion-free
+    ``test`` images, the realised voxel FPR of the raw threshold and of the post-processed segmentation
+    (what a reader of the lesioned results should expect on healthy tissue) and the false-positive
+    components per image, plus every healthy image's image-level score (the negatives of the image AUROC).
     """
     logger = logger or logging.getLogger("spatial_msma")
-    values, scores, n_images = [], {}, {}
     cases_total = sum(len(h) for h, _ in healthy.values())
     if cases_total == 0:
         raise InputError(f"method {method}: no healthy heatmaps to fit thresholds on")
     progress = Progress(cases_total, f"healthy voxels {method}", logger)
-    done = 0
+    cases: dict[str, list[Case]] = {}
     for set_name, (heatmaps, brain_masks) in healthy.items():
         heat_by, brains_by = by_subject(heatmaps, HEATMAP_SUFFIX), by_subject(brain_masks, BRAINMASK_SUFFIX)
-        scores[set_name] = {}
-        n_images[set_name] = len(heat_by)
+        cases[set_name] = []
         for subject in sorted(heat_by):
-            case = load_case(subject, heat_by[subject], lookup(brains_by, subject, f"{set_name} brain mask"))
-            values.append(healthy_voxels(case.heatmap, case.brain, cfg.erosion_radius))
-            scores[set_name][subject] = image_score(case.heatmap, case.brain, cfg.image_score_percentile)
-            done += 1
-            progress.update(done)
-    pooled = np.concatenate(values)
+            cases[set_name].append(load_region_case(subject, heat_by[subject],
+                                                    lookup(brains_by, subject, f"{set_name} brain mask"), cfg))
+            progress.update(sum(len(c) for c in cases.values()))
+    pooled = np.concatenate([c.heatmap[c.brain] for set_cases in cases.values() for c in set_cases])
     fitted = fpr_thresholds(pooled, cfg.fpr_levels)
     protocols = {}
     for level, thr in fitted.items():
@@ -269,28 +314,29 @@ def fit_method_thresholds(
             "threshold": thr,
             "fpr_achieved": float((pooled > thr).mean()),
         }
-    if "test" in healthy:
-        heatmaps, brain_masks = healthy["test"]
-        heat_by, brains_by = by_subject(heatmaps, HEATMAP_SUFFIX), by_subject(brain_masks, BRAINMASK_SUFFIX)
-        fp = {name: [] for name in protocols}
-        for subject in sorted(heat_by):
-            case = load_case(subject, heat_by[subject], lookup(brains_by, subject, "test brain mask"))
-            rim = rim_for(case.brain, cfg)
-            for name, entry in protocols.items():
-                pred = segment(case.heatmap, case.brain, entry["threshold"], cfg, rim)
-                fp[name].append(label_components(pred, cfg.component_connectivity_metrics)[1])
-        for name, counts in fp.items():
-            protocols[name]["fp_components_per_lesion_free_test_image"] = float(np.mean(counts)) if counts else None
+    for entry in protocols.values():
+        raw, segmented, fp = [], [], []
+        for case in cases.get("test", []):
+            pred = segment(case.heatmap, case.brain, entry["threshold"], cfg, rim_for(case.brain, cfg))
+            raw.append(float((case.heatmap[case.brain] > entry["threshold"]).mean()))
+            segmented.append(float(pred[case.brain].mean()))
+            fp.append(label_components(pred, cfg.component_connectivity_metrics)[1])
+        entry["fpr_lesion_free_test"] = float(np.mean(raw)) if raw else None
+        entry["fpr_lesion_free_test_segmented"] = float(np.mean(segmented)) if segmented else None
+        entry["fp_components_per_lesion_free_test_image"] = float(np.mean(fp)) if fp else None
+    scores = {set_name: {c.image_id: image_score(c.heatmap, c.brain, cfg.image_score_percentile) for c in set_cases}
+              for set_name, set_cases in cases.items()}
     result = {
         "method": method,
         "protocols": protocols,
         "n_voxels": int(pooled.size),
-        "n_images": n_images,
+        "n_images": {set_name: len(set_cases) for set_name, set_cases in cases.items()},
         "image_scores": scores,
         "config": cfg.to_dict(),
     }
     write_json(result, out_json)
     for name, entry in protocols.items():
-        logger.info("%s %s: threshold %.6g, healthy FPR %.4f", method, name, entry["threshold"], entry["fpr_achieved"])
+        logger.info("%s %s: threshold %.6g, healthy FPR %.4f (fit), %s on the lesion-free test images (raw "
+                    "threshold; %s after post-processing)", method, name, entry["threshold"], entry["fpr_achieved"],
+                    entry["fpr_lesion_free_test"], entry["fpr_lesion_free_test_segmented"])
     return result
-

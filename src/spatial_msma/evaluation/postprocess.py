@@ -70,9 +70,9 @@ def brain_rim(brain: np.ndarray, radius: int) -> np.ndarray:
     return brain & ~erode(brain, radius)
 
 
-def rim_for(brain: np.ndarray, cfg: EvaluationConfig) -> np.ndarray | None:
+def rim_for(region: np.ndarray, cfg: EvaluationConfig) -> np.ndarray | None:
     """The rim whose touching components are dropped, or None when ``drop_rim_components`` is off."""
-    return brain_rim(brain, cfg.rim_radius) if cfg.drop_rim_components else None
+    return brain_rim(region, cfg.rim_radius) if cfg.drop_rim_components else None
 
 
 def post_process(binary: np.ndarray, cfg: EvaluationConfig, rim: np.ndarray | None = None) -> np.ndarray:
@@ -93,9 +93,14 @@ def segment(
     return post_process((heatmap > threshold) & brain, cfg, rim)
 
 
-def prepare_reference(gt: np.ndarray, cfg: EvaluationConfig, rim: np.ndarray | None = None) -> np.ndarray:
-    """Ground truth as scored: unchanged, except rim-touching components are dropped when the switch is on."""
-    gt = gt.astype(bool)
+def prepare_reference(
+    gt: np.ndarray, region: np.ndarray, cfg: EvaluationConfig, rim: np.ndarray | None = None
+) -> np.ndarray:
+    """Ground truth as scored: restricted to the evaluated region, components under ``min_lesion_voxels``
+    dropped (the authors' evaluator: they are not lesions to find), and rim-touching components dropped when
+    that switch is on."""
+    gt = gt.astype(bool) & region
+    gt = remove_small_components(gt, cfg.min_lesion_voxels, cfg.lesion_connectivity)
     if rim is None:
         return gt
     return drop_components_touching(gt, rim, cfg.component_connectivity_postprocess)

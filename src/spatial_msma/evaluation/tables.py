@@ -31,7 +31,8 @@ HEADERS = {
     "auroc": "voxel AUROC", "auprc": "voxel AUPRC", "contrast": "lesion contrast",
     "hd99_mm": "99-HD (mm)", "msd_mm": "MSD (mm)",
 }
-REQUIRED_COLUMNS = ("subject", "method", "protocol", "missed", "image_score", "pred_fp", "voxel_mm", *PRIMARY, *EXTRA)
+REQUIRED_COLUMNS = ("subject", "volume", "method", "protocol", "missed", "image_score", "pred_fp", "voxel_mm",
+                    *PRIMARY, *EXTRA)
 
 
 def read_metric_csvs(paths: Sequence[PathLike]) -> pd.DataFrame:
@@ -51,14 +52,22 @@ def read_metric_csvs(paths: Sequence[PathLike]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def mean_se(values: pd.Series) -> tuple[float, float, int]:
-    """Mean and standard error (SD with ddof 1 over sqrt n) of the finite values, and their count."""
+def mean_se(values: pd.Series, subjects: pd.Series | None = None) -> tuple[float, float, int]:
+    """Mean over the finite values, its standard error, and their count.
+
+    The SE is over subjects: the SD (ddof 1) of the per-subject means over sqrt(number of subjects). Lesion
+    draws of one subject share its anatomy and its lesion-free heatmap, so they are not independent; with
+    one draw per subject this is the plain SE over values. ``subjects=None`` treats every value as its own
+    subject.
+    """
     v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
+    finite = np.isfinite(v)
+    if not finite.any():
         return float("nan"), float("nan"), 0
-    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
-    return float(v.mean()), se, int(v.size)
+    groups = np.arange(v.size) if subjects is None else np.asarray(subjects)
+    per_subject = pd.Series(v[finite]).groupby(groups[finite]).mean().to_numpy()
+    se = float(per_subject.std(ddof=1) / np.sqrt(per_subject.size)) if per_subject.size > 1 else float("nan")
+    return float(v[finite].mean()), se, int(finite.sum())
 
 
 def image_auroc(lesioned_scores: Sequence[float], healthy_scores: Sequence[float]) -> float:
@@ -76,17 +85,21 @@ def summarise(per_subject: pd.DataFrame, thresholds: Mapping[str, dict], protoco
     for method in method_order(sub["method"].unique()):
         frame = sub[sub["method"] == method]
         row: dict = {"method": method, "name": display_name(method), "protocol": protocol,
-                     "n": len(frame), "missed": int(frame["missed"].sum())}
+                     "n": len(frame), "n_subjects": int(frame["subject"].nunique()),
+                     "missed": int(frame["missed"].sum())}
         for metric in (*PRIMARY, *EXTRA):
-            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(frame[metric])
+            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(frame[metric], frame["subject"])
         row["fp_per_image"] = float(frame["pred_fp"].mean())
         fitted = thresholds.get(method)
         healthy = list(fitted["image_scores"].get("test", {}).values()) if fitted else []
         row["image_auroc"] = image_auroc(frame["image_score"].tolist(), healthy)
         entry = fitted["protocols"].get(protocol, {}) if fitted else {}
         row["threshold"] = entry.get("threshold", float("nan"))
-        fp_healthy = entry.get("fp_components_per_lesion_free_test_image")
-        row["fp_per_lesion_free_image"] = float("nan") if fp_healthy is None else fp_healthy
+        for key, column in (("fp_components_per_lesion_free_test_image", "fp_per_lesion_free_image"),
+                            ("fpr_lesion_free_test", "fpr_lesion_free"),
+                            ("fpr_lesion_free_test_segmented", "fpr_lesion_free_segmented")):
+            value = entry.get(key)
+            row[column] = float("nan") if value is None else value
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -101,6 +114,17 @@ def size_bin_table(per_subject: pd.DataFrame) -> pd.DataFrame:
                          "bin_mm3": label, "lesions": tp + fn, "detected": tp,
                          "tpr": tp / (tp + fn) if tp + fn else float("nan")})
     return pd.DataFrame(rows, columns=["protocol", "method", "name", "bin_mm3", "lesions", "detected", "tpr"])
+
+
+def lesions_left_out(per_subject: pd.DataFrame, protocol: str) -> tuple[int, int]:
+    """(components too small to count, all simulated components in the region), summed over the volumes of one
+    method under ``protocol`` (every method sees the same ground truth)."""
+    sub = per_subject[per_subject["protocol"] == protocol]
+    if not len(sub) or "n_small_lesions_left_out" not in sub:
+        return 0, 0
+    first = sub[sub["method"] == sub["method"].iloc[0]]
+    left_out = int(first["n_small_lesions_left_out"].sum())
+    return left_out, left_out + int(first["n_gt_components"].sum())
 
 
 def _pm(mean: float, se: float, digits: int = 2) -> str:
@@ -124,41 +148,89 @@ def protocol_description(protocol: str, cfg: EvaluationConfig) -> str:
     lo, hi = cfg.oracle_percentiles
     if protocol == "oracle":
         return (
-            f"Protocol **oracle** (the paper's Table 1): per test subject, the threshold among "
+            f"Protocol **oracle** (the paper's Table 1): per test volume, the threshold among "
             f"{cfg.oracle_n_thresholds} evenly spaced between the {lo:g}th and {hi:g}th percentile of its "
-            "in-brain heatmap with the lowest symmetric mean surface distance to the ground truth after "
-            "post-processing. It looks at the ground truth: an upper bound, not a deployable detector."
+            "heatmap in the evaluated region with the lowest symmetric mean surface distance to the ground truth "
+            "after post-processing. It looks at the ground truth: an upper bound, not a deployable detector."
         )
     level = {protocol_name(f): f for f in cfg.fpr_levels}[protocol]
     return (
         f"Protocol **{protocol}** (deployable): ONE threshold per method, fixed before any lesion is seen, at a "
-        f"{100 * level:g} % healthy-voxel false-positive rate on the validation and lesion-free test heatmaps "
-        f"(brain mask eroded by {cfg.erosion_radius} voxels). The paper's numbers (oracle protocol) are shown "
-        "for scale only."
+        f"{100 * level:g} % healthy-voxel false-positive rate on the validation and lesion-free test heatmaps, "
+        "fitted in the evaluated region and applied in it. The columns `healthy FPR` give the rate realised on "
+        "the lesion-free test images in that region, at the raw threshold and after post-processing (the "
+        "dilation adds voxels). The paper's numbers (oracle protocol) are shown for scale only."
     )
+
+
+def protocol_notes(cfg: EvaluationConfig, n_left_out: int, n_lesions: int) -> list[str]:
+    """The evaluation protocol in sentences: region, ground truth, post-processing, metric definitions, and
+    where it differs from the authors' evaluator or the paper (each a config switch where one exists)."""
+    conn = {1: 6, 2: 18, 3: 26}
+    region = (f"the brain mask eroded by {cfg.erosion_radius} voxels (the authors' evaluator): heatmaps and "
+              "ground truth alike are restricted to it" if cfg.erosion_radius else "the whole brain mask")
+    small = (f"Ground-truth components under {cfg.min_lesion_voxels} voxels ({conn[cfg.lesion_connectivity]}-"
+             "connectivity) are not lesions to find (the authors' evaluator; `evaluation.min_lesion_voxels`): "
+             f"{n_left_out} of {n_lesions} simulated components in the region here. They stay in the size-bin "
+             "table, where a detection of one still counts."
+             if cfg.min_lesion_voxels > 1 else "Every simulated lesion component counts, however small "
+             "(`evaluation.min_lesion_voxels` <= 1; the authors' evaluator drops those under 3 voxels).")
+    rim = (f"components touching the rim of the region (radius {cfg.rim_radius}) dropped from predictions AND "
+           "ground truth (authors' code, not in the paper)") if cfg.drop_rim_components else \
+        "rim-touching components kept (`drop_rim_components` off, as in the paper)"
+    return [
+        f"Evaluated region: {region}. Every metric, both protocols and the threshold fit use it.",
+        small,
+        f"Post-processing: components < {cfg.min_component_voxels} voxels removed "
+        f"({conn[cfg.component_connectivity_postprocess]}-connectivity), {rim}, dilation with a radius-"
+        f"{cfg.dilation_radius} ball.",
+        f"TPR = lesions (ground-truth components) overlapped / all lesions. PPV is counted on the prediction "
+        f"side: predicted components overlapping a lesion / all predicted components "
+        f"({conn[cfg.component_connectivity_metrics]}-connectivity), as the paper defines it; counting true "
+        "positives on the ground-truth side (lesions hit) instead gives a different PPV when one component "
+        "covers several lesions or one lesion is split.",
+        "The oracle's candidate thresholds span percentiles of each volume's own heatmap, so every method is "
+        "searched over its own upper tail; heatmaps are thresholded as each method writes them, with no "
+        "per-image shift (e.g. subtracting the image's minimum), so a deployable threshold compares raw scores "
+        "across images.",
+    ]
+
+
+def best_line(best: Mapping[str, str | None], metrics: Sequence[str]) -> str:
+    """The sentence saying which method is best on each metric, where the paired statistics support it."""
+    parts = [f"{HEADERS[m]}: " + (f"**{display_name(best[m])}**" if best.get(m) else "no significant difference")
+             for m in metrics if m in best]
+    return ("Best, where the paired statistics support it (its 95 % subject-bootstrap interval against EVERY "
+            "other row excludes 0; `table1_stats.csv`): " + "; ".join(parts) + ". Bold cells mark those methods.")
 
 
 def markdown_report(
     summary: pd.DataFrame, bins: pd.DataFrame, protocol: str, cfg: EvaluationConfig, missing: list[str],
-    voxel_mm: float, title: str = "Table 1", image_set: str = "test",
+    voxel_mm: float, title: str = "Table 1", image_set: str = "test", left_out: tuple[int, int] = (0, 0),
+    best: Mapping[str, str | None] | None = None,
 ) -> str:
-    """The Markdown twin of one protocol's table, with the paper's values, units and notes."""
-    conn = {1: 6, 2: 18, 3: 26}
-    rim = (f"components touching the brain rim (radius {cfg.rim_radius}) dropped from predictions AND "
-           "ground truth (authors' code, not in the paper)") if cfg.drop_rim_components else \
-        "rim-touching components kept (drop_rim_components off, as in the paper)"
+    """The Markdown twin of one protocol's table, with the paper's values, units and notes.
+
+    ``left_out`` is (lesion components too small to count, all components) over the volumes; ``best`` maps a
+    metric to the method the paired statistics call best on it (None: no significant difference), and
+    marks that cell bold; without it nothing is marked.
+    """
+    best = best or {}
+
+    def cell(r: dict, metric: str, digits: int = 2) -> str:
+        text = _pm(r[f"{metric}_mean"], r[f"{metric}_se"], digits)
+        return f"**{text}**" if best.get(metric) == r["method"] else text
+
+    n_volumes = int(summary["n"].max()) if len(summary) else 0
+    n_subjects = int(summary["n_subjects"].max()) if len(summary) else 0
     lines = [
         f"# {title} — protocol {protocol}", "",
         protocol_description(protocol, cfg), "",
         f"Units: 99-HD and MSD in **voxels** of the working grid ({voxel_mm:g} mm here; the paper's voxels are "
-        "2 mm), directed from ground truth to prediction (MONAI, reference first); mean ± standard error over "
-        f"{image_set} subjects. `missed` = subjects with an empty prediction: their distances are undefined and left "
-        "out of the distance means (never counted as 0).",
-        f"Post-processing: components < {cfg.min_component_voxels} voxels removed "
-        f"({conn[cfg.component_connectivity_postprocess]}-connectivity), {rim}, dilation with a radius-"
-        f"{cfg.dilation_radius} ball. TPR = lesions (ground-truth components) overlapped / all lesions; "
-        f"PPV = predicted components overlapping a lesion / all predicted components "
-        f"({conn[cfg.component_connectivity_metrics]}-connectivity).", "",
+        "2 mm), directed from ground truth to prediction (MONAI, reference first). Mean over "
+        f"{n_volumes} {image_set} volumes ({n_subjects} subjects, each with one or more independent lesion "
+        "draws) ± standard error over subjects. `missed` = volumes with an empty prediction: their distances "
+        "are undefined and left out of the distance means (never counted as 0).", "",
     ]
     present = list(summary["method"]) if len(summary) else []
     rows, extra_rows = [], []
@@ -167,27 +239,31 @@ def markdown_report(
         paper = METHODS[r["method"]].paper if r["method"] in METHODS else {}
         cells = [r["name"], str(r["n"]), str(r["missed"])]
         for metric in PRIMARY:
-            cells.append(_pm(r[f"{metric}_mean"], r[f"{metric}_se"]))
+            cells.append(cell(r, metric))
             cells.append(_pm(*paper[metric]) if metric in paper else "—")
         rows.append(cells)
-        extra = [r["name"]] + [_pm(r[f"{m}_mean"], r[f"{m}_se"], 3 if m not in ("hd99_mm", "msd_mm") else 2)
-                               for m in EXTRA]
+        extra = [r["name"]] + [cell(r, m, 3 if m not in ("hd99_mm", "msd_mm") else 2) for m in EXTRA]
         extra += [_num(r["image_auroc"]), _num(r["fp_per_image"])]
         if protocol != "oracle":
-            extra += [_num(r["threshold"], 4), _num(r["fp_per_lesion_free_image"])]
+            extra += [_num(r["threshold"], 4), _num(r["fpr_lesion_free"]), _num(r["fpr_lesion_free_segmented"]),
+                      _num(r["fp_per_lesion_free_image"])]
         extra_rows.append(extra)
     header = ["method", "n", "missed"]
     for metric in PRIMARY:
         header += [HEADERS[metric], f"{HEADERS[metric]} (paper)"]
     lines += [_md_table(header, rows), ""]
+    if best:
+        lines += [best_line(best, (*PRIMARY, *EXTRA)), ""]
     extra_header = ["method"] + [HEADERS[m] for m in EXTRA] + ["image AUROC", "FP components / image"]
     if protocol != "oracle":
-        extra_header += ["threshold", "FP components / lesion-free image"]
+        extra_header += ["threshold", "healthy FPR (raw)", "healthy FPR (post-processed)",
+                         "FP components / lesion-free image"]
     lines += ["## Beyond the paper", "",
               "Dice at the protocol's threshold; best Dice over every threshold of the raw heatmap; voxel AUROC/"
-              "AUPRC over in-brain voxels; lesion contrast = (mean heatmap in lesions - mean in the rest of the "
-              f"brain) / SD in the rest of the brain; image AUROC of the {cfg.image_score_percentile:g}th percentile "
-              "of the in-brain heatmap, lesioned test images vs their lesion-free originals.", "",
+              "AUPRC over the voxels of the region; lesion contrast = (mean heatmap in lesions - mean in the rest "
+              "of the region) / SD in the rest; image AUROC of the "
+              f"{cfg.image_score_percentile:g}th percentile of the heatmap in the region, lesioned test volumes "
+              "vs the lesion-free originals.", "",
               _md_table(extra_header, extra_rows), ""]
     if len(bins) and present:
         bin_rows = []
@@ -196,13 +272,15 @@ def markdown_report(
             bin_rows.append([display_name(method)] + [
                 f"{_num(t, 2)} ({d}/{n})" for t, d, n in zip(b["tpr"], b["detected"], b["lesions"], strict=True)])
         lines += ["## TPR per lesion volume (mm³, MS-MIST bins)", "",
+                  "Every simulated component in the region, the ones too small to count in Table 1 included.", "",
                   _md_table(["method", *SIZE_BIN_LABELS], bin_rows), ""]
-    notes = [f"{METHODS[m].name}: {METHODS[m].note}" for m in present if m in METHODS and METHODS[m].note]
+    notes = protocol_notes(cfg, *left_out)
+    notes += [f"{METHODS[m].name}: {METHODS[m].note}" for m in present if m in METHODS and METHODS[m].note]
     if missing:
         notes.append("Not evaluated (no metrics CSV for this protocol): "
                      + ", ".join(display_name(m) for m in missing) + ".")
     notes.append("Paper values: 165 test subjects, 2 mm voxels, lesion load 20 mL, oracle protocol.")
-    lines += ["## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["## Protocol and notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -216,12 +294,14 @@ def write_tables(
     expected_methods: Sequence[str] | None = None,
     protocols: Sequence[str] | None = None,
     image_set: str = "test",
+    best: Mapping[tuple[str, str], str | None] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write ``{protocol}_csv`` / ``{protocol}_md`` for every protocol and ``size_bins_csv`` from the inputs.
 
     Methods of ``expected_methods`` (default: the Table-1 rows) without metrics are listed as missing in each
     Markdown table rather than failing the run. ``protocols`` defaults to the oracle and every FPR level; the
     validation table passes just the oracle (deployable thresholds are fixed on test-split healthy images).
+    ``best`` maps (protocol, metric) to the method the paired statistics call best (stats.best_methods).
     """
     logger = logger or logging.getLogger("spatial_msma")
     protocols = list(protocols) if protocols is not None else cfg.protocols
@@ -243,7 +323,9 @@ def write_tables(
         missing = [m for m in expected if m not in set(summary["method"] if len(summary) else ())]
         write_table(summary, outputs[f"{protocol}_csv"])
         write_text(markdown_report(summary, bins[bins["protocol"] == protocol], protocol, cfg, missing, voxel_mm,
-                                   title, image_set), outputs[f"{protocol}_md"])
+                                   title, image_set, lesions_left_out(per_subject, protocol),
+                                   {m: b for (p, m), b in (best or {}).items() if p == protocol}),
+                   outputs[f"{protocol}_md"])
         summaries[protocol] = summary
         logger.info("table %s: %d methods, missing %s -> %s", protocol, len(summary), missing,
                     Path(outputs[f"{protocol}_csv"]))

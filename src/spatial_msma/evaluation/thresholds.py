@@ -5,7 +5,8 @@ the lowest SYMMETRIC mean surface distance to the ground truth. It looks at the 
 upper bound, not something a clinician could run.
 
 Deployable (the authors' code): ONE threshold per method, fixed on healthy heatmaps before any lesion is
-seen, at a healthy-voxel false-positive rate (5 %, 10 %) inside an eroded brain mask.
+seen, at a healthy-voxel false-positive rate (5 %, 10 %) inside the evaluated region (the eroded brain mask),
+and applied in that same region.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import SurfaceDistances
-from spatial_msma.evaluation.postprocess import erode, segment
+from spatial_msma.evaluation.postprocess import segment
 
 
 def oracle_candidates(heatmap: np.ndarray, brain: np.ndarray, cfg: EvaluationConfig) -> np.ndarray:
@@ -41,14 +42,6 @@ def oracle_threshold(
     curve = np.array([distances.symmetric_msd(segment(heatmap, brain, t, cfg, rim)) for t in candidates])
     best = int(np.argmin(curve)) if np.isfinite(curve).any() else len(candidates) - 1
     return float(candidates[best]), candidates, curve
-
-
-def healthy_voxels(heatmap: np.ndarray, brain: np.ndarray, erosion_radius: int) -> np.ndarray:
-    """Heatmap values inside the eroded brain mask: the healthy-voxel sample the FPR thresholds come from.
-
-    Eroding keeps the skull-stripping border, where every detector lights up, from setting the threshold.
-    """
-    return heatmap[erode(brain, erosion_radius)].astype(np.float32)
 
 
 def fpr_thresholds(values: np.ndarray, levels: tuple[float, ...]) -> dict[float, float]:

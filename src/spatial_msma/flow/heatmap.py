@@ -150,15 +150,15 @@ class FlowDetector:
                 f"{len(self.model.meta.levels)} levels, device {self.device}")
 
     def heatmap(self, case: Case) -> np.ndarray:
-        if case.subject not in self.norms.subjects:
-            raise InputError(f"score-norm manifest {self.norms.manifest}: no subject {case.subject}")
-        norm_path = cache_path(self.norms.manifest, case.subject)
+        if case.image_id not in self.norms.subjects:
+            raise InputError(f"score-norm manifest {self.norms.manifest}: no subject {case.image_id}")
+        norm_path = cache_path(self.norms.manifest, case.image_id)
         subject = load_subject(norm_path, case.image_path, np.asarray(self.model.meta.levels),
                                self.train_cfg.log_transform, self.train_cfg.log_eps)
         self.model.meta.check_compatible(subject.sigmas, subject.mask.shape, subject.affine,
                                          f"score-norm cache {norm_path}")
         if not np.array_equal(subject.mask, case.brain):
-            raise InputError(f"score-norm cache {norm_path}: its mask differs from the brain mask of {case.subject}")
+            raise InputError(f"score-norm cache {norm_path}: its mask differs from the brain mask of {case.image_id}")
         s = self.scoring
         return subject_heatmap(self.model, subject, s.one_sided, s.chunk_voxels, self.device, s.mode_stride,
                                s.heatmap_jacobian)
