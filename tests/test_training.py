@@ -1,16 +1,23 @@
 """Generic resumable-training helpers: devices, EMA, warm-up, checkpoints, fingerprints, RNG state, the CSV log."""
 
 import logging
+import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from spatial_msma import io
 from spatial_msma.io import InputError
 from spatial_msma.training import (
     RESUMABLE_KEYS,
     CheckpointDir,
     CsvLog,
+    ImageTrainer,
+    LoopSettings,
     fingerprint,
     make_ema,
     resolve_device,
@@ -181,3 +188,61 @@ def test_csv_log_truncates_rows_past_the_resume_step_and_partial_lines(tmp_path)
     assert (tmp_path / "log.csv").read_text().endswith("3,\n")
     with pytest.raises(ValueError, match="loss"):
         log.append({"step": 4})
+
+
+def train_tiny_conv_net(directory, granted_threads: int, cpu_threads: int | None) -> bytes:
+    """Train a two-layer 3D conv net with :class:`ImageTrainer` in a process granted ``granted_threads``;
+    return the model file's bytes."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        paths.append(str(directory / f"img{i}.nii.gz"))
+        if not os.path.exists(paths[-1]):
+            io.write_channels(rng.normal(size=(2, 8, 8, 8)).astype(np.float32), np.eye(4), paths[-1])
+    out = directory / f"granted{granted_threads}_pin{cpu_threads}"
+    cfg = LoopSettings(steps=4, batch_size=2, ema_decay=0.9, checkpoint_every=2, val_every=2, val_images=1,
+                       warmup=2, device="cpu")
+    torch.set_num_threads(granted_threads)
+    try:
+        trainer = ImageTrainer("tiny", cfg, 3, paths[:3], paths[3:], out / "ck", logging.getLogger("test"),
+                               cpu_threads=cpu_threads)
+
+        def batch_loss(model, step, gen):
+            x = trainer.draw(gen, cfg.batch_size)
+            return (model(x + torch.randn(x.shape, generator=gen)) - x).pow(2).mean(), {}
+
+        def build():
+            return nn.Sequential(nn.Conv3d(2, 8, 3, padding=1), nn.SiLU(), nn.Conv3d(8, 2, 3, padding=1))
+
+        net = trainer.train(build, batch_loss, lambda model, x: model(x).pow(2).mean(),
+                            (torch.from_numpy(trainer.data.val),), "tiny")
+        assert torch.get_num_threads() == granted_threads  # the fixed count is restored afterwards
+        trainer.write(net, out / "model.pt", out / "log.csv", None, lambda frame, path: None, "tiny.v1", {})
+    finally:
+        torch.set_num_threads(1)
+    return (out / "model.pt").read_bytes()
+
+
+def test_cpu_training_with_fixed_threads_does_not_depend_on_the_threads_granted(tmp_path):
+    """oneDNN splits a convolution's weight-gradient reduction by thread, so 1 and 2 threads give other bits
+    (Snakemake grants a rule fewer threads under a smaller --cores); a fixed ``cpu_threads`` gives the same
+    model file byte for byte."""
+    assert train_tiny_conv_net(tmp_path, 1, cpu_threads=2) == train_tiny_conv_net(tmp_path, 2, cpu_threads=2)
+
+
+SIGMA_MAX_CHILD = """
+import numpy as np
+from spatial_msma.score.sde import estimate_sigma_max
+x = (3 + 0.05 * np.random.default_rng(0).normal(size=(6, 1, 10, 10, 10))).astype(np.float32)
+print([estimate_sigma_max(x, p).hex() for p in (0, 25, 50, 75, 100)])
+"""
+
+
+def test_sigma_max_does_not_depend_on_the_blas_kernel_of_the_cpu():
+    """sigma_max auto is stored in the score model file; computed through BLAS (sklearn's Gram-matrix
+    distances) its last bits followed the kernel OpenBLAS picks for the CPU, which OPENBLAS_CORETYPE
+    imitates (a no-op where numpy uses another BLAS)."""
+    outputs = {subprocess.run([sys.executable, "-c", SIGMA_MAX_CHILD], check=True, capture_output=True, text=True,
+                              env={**os.environ, "OPENBLAS_CORETYPE": core}).stdout
+               for core in ("Prescott", "Haswell", "SkylakeX")}
+    assert len(outputs) == 1, outputs

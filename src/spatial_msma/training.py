@@ -6,6 +6,14 @@ declared output: every ``checkpoint_every`` steps the model, optimizer, LR sched
 counter and all random-number-generator states are written atomically; a rerun finds the latest one
 and continues from it, and with the same seed on CPU reaches the same weights as an uninterrupted run.
 
+Bit-reproducibility on CPU: the result of a run depends on the seed, on the number of intra-op threads
+(oneDNN splits the reduction of a convolution's weight gradient by thread, so 1 and 2 threads give other
+bits; see :func:`fixed_cpu_threads`) and on the instruction set the kernels dispatch to (AVX-512 vs AVX2:
+``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``), not on the run being interrupted. The same machine and
+library versions give identical bytes; another machine only where its CPU dispatches to the same kernels
+(same instruction set; oneDNN also sizes its blocks by the caches). CUDA runs are reproducible only up to
+float rounding (:func:`set_deterministic`).
+
 The models trained on whole images (score network, AE) share one loop, :class:`ImageTrainer`; the flow,
 which samples voxels and keeps the best validated weights, has its own loop built from the same pieces
 (:func:`make_ema`, :func:`fingerprint`, :class:`CheckpointDir`, :func:`training_state`).
@@ -19,7 +27,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from io import BytesIO
 from pathlib import Path
@@ -78,6 +87,31 @@ def set_deterministic(device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.use_deterministic_algorithms(True)
+
+
+@contextmanager
+def fixed_cpu_threads(device: torch.device, threads: int | None, logger: logging.Logger) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op torch threads on CPU (restored afterwards); ``None`` or a CUDA
+    device: leave the count alone.
+
+    A CPU training step's bits depend on the thread count (oneDNN splits the weight-gradient reduction of a
+    convolution across threads), and Snakemake scales a rule's threads down to ``--cores``: a trainer that
+    used the threads it was granted gave other weights under ``--cores 1``. Fixed, the count is part of the
+    computation rather than of the scheduling. Granted fewer cores, the threads share them: measured on a
+    2-core machine, 2 threads on 1 core ran a score-network step as fast as 1 thread did (3.2 s).
+    """
+    if threads is None or device.type != "cpu":
+        yield
+        return
+    granted = torch.get_num_threads()
+    if granted != threads:
+        logger.info("training with %d CPU threads (fixed, so the weights do not depend on the %d granted)",
+                    threads, granted)
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(granted)
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
@@ -397,11 +431,17 @@ class ImageTrainer:
     ``checkpoint_every`` steps, progress lines. Constructing it loads the images and finds the checkpoint
     to resume (:attr:`resumed`, ``None`` for a fresh run), so a model can read what it stored there before
     it trains.
+
+    ``cpu_threads``: the intra-op thread count of a CPU run, whatever the script was granted
+    (:func:`fixed_cpu_threads`), so that the weights do not depend on the scheduler; ``None`` keeps the
+    granted count (and the weights then depend on it).
     """
 
     def __init__(self, label: str, cfg: LoopSettings, seed: int, train_images: Sequence[str | os.PathLike],
-                 val_images: Sequence[str | os.PathLike], checkpoint_dir: str | os.PathLike, logger: logging.Logger):
+                 val_images: Sequence[str | os.PathLike], checkpoint_dir: str | os.PathLike, logger: logging.Logger,
+                 cpu_threads: int | None = None):
         self.label, self.cfg, self.seed, self.logger = label, cfg, int(seed), logger
+        self.cpu_threads = cpu_threads
         self.device = resolve_device(cfg.device)
         set_deterministic(self.device)
         self.data = TrainingImages.load(as_path_list(train_images), as_path_list(val_images)[: cfg.val_images], label)
@@ -440,6 +480,12 @@ class ImageTrainer:
         val losses compare), unless there are no val images; ``network`` describes it in the log;
         ``checkpoint_extra`` is stored in every checkpoint, for the model to read back from :attr:`resumed`.
         """
+        with fixed_cpu_threads(self.device, self.cpu_threads, self.logger):
+            return self._train_loop(build, batch_loss, val_loss, val_batch, network, log_fields, checkpoint_extra)
+
+    def _train_loop(self, build: Callable[[], nn.Module], batch_loss: BatchLoss, val_loss: ValLoss,
+                    val_batch: Sequence[torch.Tensor], network: object, log_fields: Sequence[str],
+                    checkpoint_extra: Mapping[str, object]) -> nn.Module:
         cfg = self.cfg
         torch.manual_seed(self.seed)
         model = build().to(self.device)

@@ -190,7 +190,8 @@ def train_ae(train_images: Sequence[str | os.PathLike], val_images: Sequence[str
     """
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
-    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger)
+    # 1 thread, the rule's: its bits then do not depend on the cores a scheduler grants (training.fixed_cpu_threads)
+    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger, cpu_threads=1)
 
     def batch_loss(model: nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
         return reconstruction_loss(model, trainer.draw(gen, cfg.batch_size).to(trainer.device)), {}

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import pairwise_distances
 
 from spatial_msma.io import InputError
 
@@ -23,6 +22,9 @@ T_SAMPLINGS = ("uniform", "lognormal")
 #: Lower bound for an automatic sigma_min (0.5 % of the [-1, 1] intensity range): a noise-free image
 #: would otherwise give sigma_min ~ 0 and a schedule whose lowest levels no network can fit.
 SIGMA_MIN_FLOOR = 0.01
+
+#: Values (float64) of the differences :func:`estimate_sigma_max` holds at once: 32 MB.
+PAIRWISE_CHUNK_VALUES = 1 << 22
 
 #: 1 / Phi^-1(3/4): converts a median absolute deviation of Gaussian samples to their SD.
 MAD_TO_SD = 1.0 / 0.6744897501960817
@@ -103,14 +105,22 @@ def dsm_loss(
 def estimate_sigma_max(images: np.ndarray, percentile: float = 99.0) -> float:
     """The ``percentile`` of pairwise Euclidean distances between images (Song & Ermon 2020, technique 1).
 
-    ``images`` is (N, ...) float; N >= 2. sklearn's ``pairwise_distances`` does the chunked Gram-matrix trick.
+    ``images`` is (N, ...) float; N >= 2. Each distance is sqrt(sum((a - b)^2)) in float64 with numpy's
+    pairwise summation, whose order is fixed by the code: the same bits on every CPU. Not the Gram-matrix
+    trick (||a||^2 - 2 a.b + ||b||^2) of sklearn's ``pairwise_distances``: its BLAS product depends on the
+    kernel OpenBLAS picks for the CPU (``OPENBLAS_CORETYPE`` SkylakeX vs Haswell changed the last bits of
+    sigma_max, which the model file stores), and it loses precision to cancellation.
     """
     if len(images) < 2:
         raise InputError("score.sigma_max: auto needs at least 2 training images")
     flat = images.reshape(len(images), -1).astype(np.float64)
-    dist = pairwise_distances(flat, metric="euclidean")
-    upper = dist[np.triu_indices(len(images), k=1)]
-    return float(np.percentile(upper, percentile))
+    rows = max(1, PAIRWISE_CHUNK_VALUES // flat.shape[1])
+    upper = []  # the upper triangle, row by row (np.triu_indices' order)
+    for i in range(len(flat) - 1):
+        for start in range(i + 1, len(flat), rows):
+            diff = flat[start:start + rows] - flat[i]
+            upper.append(np.sqrt((diff * diff).sum(axis=1)))
+    return float(np.percentile(np.concatenate(upper), percentile))
 
 
 def estimate_noise_sd(image: np.ndarray, mask: np.ndarray) -> float:

@@ -18,6 +18,11 @@ from spatial_msma.score.network import MODEL_FORMAT, NetworkConfig, ScoreNet
 from spatial_msma.score.sde import LOSS_REDUCTIONS, T_SAMPLINGS, VESDE, auto_sigmas, dsm_loss
 from spatial_msma.training import ImageTrainer, LoopSettings, plot_loss_curves
 
+#: Intra-op torch threads of a CPU training run: the ``threads`` rule ``train_score_model`` asks for, fixed
+#: so that ``--cores 1`` (which scales the rule down to 1 thread) gives the same weights, byte for byte, as
+#: the default 2 (:func:`spatial_msma.training.fixed_cpu_threads`). Not used on CUDA.
+CPU_THREADS = 2
+
 
 @dataclass(frozen=True)
 class ScoreConfig(LoopSettings):
@@ -100,7 +105,8 @@ def train_score_model(train_images: Sequence[str | os.PathLike], train_masks: Se
     train_images, train_masks = as_path_list(train_images), as_path_list(train_masks)
     if len(train_images) != len(train_masks):
         raise InputError(f"score training: {len(train_images)} train images but {len(train_masks)} brain masks")
-    trainer = ImageTrainer("score training", cfg, seed, train_images, val_images, checkpoint_dir, logger)
+    trainer = ImageTrainer("score training", cfg, seed, train_images, val_images, checkpoint_dir, logger,
+                           cpu_threads=CPU_THREADS)
     state, device = trainer.resumed, trainer.device
     if state is None:
         masks = [io.read_mask(p)[0] for p in train_masks]
