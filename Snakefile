@@ -25,6 +25,7 @@ wildcard_constraints:
     protocol="oracle|fpr[0-9.]+",
     subject="sub-[^/]+",
     run=RUN_PATTERN,
+    residual_method="|".join(RESIDUAL_METHODS),
 
 
 include: "rules/cohort.smk"
@@ -33,8 +34,8 @@ include: "rules/lesions.smk"
 include: "rules/zscore.smk"
 include: "rules/score.smk"
 include: "rules/flow.smk"
-include: "rules/diffusion_baselines.smk"
 include: "rules/autoencoder.smk"
+include: "rules/reconstruction_baselines.smk"
 include: "rules/gradcam.smk"
 include: "rules/evaluate.smk"
 include: "rules/seed_spread.smk"
@@ -51,5 +52,6 @@ rule all:
         "results/diagnostics/score_levels.csv",
         "results/validation/table.csv",
         ["results/diagnostics/ablations.csv"] if config["diagnostics"]["ablations"] else [],
+        ["results/diagnostics/paper_form.csv"] if config["diagnostics"]["paper_form"] and PAPER_FORM_METHODS[1:] else [],
         ["results/seed_spread/table1.csv"] if config["seed_spread"]["in_main_run"] else [],
     default_target: True

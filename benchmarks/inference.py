@@ -12,7 +12,9 @@ Table-1 rows (:mod:`spatial_msma.methods`):
 - Spatial-MSMA: the score norms at ``score_norms.n_levels`` levels (one batched forward) + the flow's
   per-voxel NLL (``flow`` scoring keys); the workflow reads those norms from its cache, here they are
   computed, so the row is the cost of a new image end to end;
-- AE: one reconstruction; Inpaint, Restoration: the sampler runs of ``inpaint`` / ``restoration``;
+- AE: one reconstruction; Inpaint, Restoration: the sampler runs of ``inpaint`` / ``restoration``; each
+  then scored in its ``residual_heatmaps.form`` (the standardised form reads the run's residual reference,
+  or a neutral one where the run has none: the same arithmetic);
 - GradCAM-MSMA: Guided Grad-CAM of the image-level GMM NLL (``gradcam_msma``);
 - intensity z-score: voxelwise arithmetic.
 
@@ -38,6 +40,7 @@ import yaml
 from spatial_msma.baselines.ae import AeConfig, AeDetector, AeModel, AeNet, load_ae_model
 from spatial_msma.baselines.gradcam import GradcamConfig, TorchGmm, build_detector, load_gradcam_detector
 from spatial_msma.baselines.inpaint import InpaintDetector
+from spatial_msma.baselines.residual import HealthyEstimator, ResidualDetector, read_reference
 from spatial_msma.baselines.restoration import RestorationDetector
 from spatial_msma.baselines.zscore import ZscoreDetector
 from spatial_msma.detector import Case, Detector, read_case
@@ -102,20 +105,36 @@ def spatial_msma(workdir: Path, cfg: dict, score_model: ScoreModel, case: Case) 
     return detector, f"{source} flow, {len(sigmas)} levels"
 
 
+def residual(workdir: Path, cfg: dict, method: str, estimator: HealthyEstimator, case: Case,
+             detail: str) -> tuple[Detector, str]:
+    """A reconstruction baseline's estimator scored in its configured heatmap form."""
+    form = {**dict.fromkeys(("ae", "inpaint", "restoration"), "standardised"),
+            **(cfg.get("residual_heatmaps") or {}).get("form", {})}[method]
+    error = AeConfig.from_dict(cfg.get("ae")).error if method == "ae" else "abs"
+    if form == "raw":
+        return ResidualDetector(estimator, form, None, error), f"{detail}, raw residual"
+    path = workdir / f"results/models/{method}/residual_reference.npz"
+    if path.exists():
+        return ResidualDetector(estimator, form, read_reference(path), error), f"{detail}, standardised"
+    neutral = {"mean": np.zeros_like(case.image), "sd": np.ones_like(case.image)}
+    return ResidualDetector(estimator, form, neutral, error), f"{detail}, standardised (neutral reference)"
+
+
 def ae(workdir: Path, cfg: dict, case: Case) -> tuple[Detector, str]:
     path = workdir / "results/models/ae/model.pt"
-    ae_cfg = AeConfig.from_dict(cfg.get("ae"))
     if path.exists():
-        return AeDetector(load_ae_model(path), ae_cfg.error), "trained AE"
+        return residual(workdir, cfg, "ae", AeDetector(load_ae_model(path)), case, "trained AE")
     torch.manual_seed(0)
-    net = AeNet(case.image.shape[0], case.brain.shape, ae_cfg).eval()
-    return AeDetector(AeModel(net, {}), ae_cfg.error), "untrained AE"
+    net = AeNet(case.image.shape[0], case.brain.shape, AeConfig.from_dict(cfg.get("ae"))).eval()
+    return residual(workdir, cfg, "ae", AeDetector(AeModel(net, {})), case, "untrained AE")
 
 
-def sampler(detector: InpaintDetector | RestorationDetector) -> tuple[Detector, str]:
+def sampler(workdir: Path, cfg: dict, method: str, detector: InpaintDetector | RestorationDetector,
+            case: Case) -> tuple[Detector, str]:
     c = detector.cfg
-    return detector, (f"{c.runs} runs x {c.steps} steps (+{c.corrector_steps} corrector), batch {c.batch_size}: "
-                      f"{c.evaluations_per_volume()} network evaluations")
+    return residual(workdir, cfg, method, detector, case,
+                    f"{c.runs} runs x {c.steps} steps (+{c.corrector_steps} corrector), batch {c.batch_size}: "
+                    f"{c.evaluations_per_volume()} network evaluations")
 
 
 def gradcam(workdir: Path, cfg: dict, model_path: Path) -> tuple[Detector, str]:
@@ -173,8 +192,11 @@ def main() -> None:
     builders = {
         "spatial_msma": lambda: spatial_msma(work, cfg, score_model, cases[0]),
         "ae": lambda: ae(work, cfg, cases[0]),
-        "inpaint": lambda: sampler(InpaintDetector.load(model_path, cfg.get("inpaint"), args.seed)),
-        "restoration": lambda: sampler(RestorationDetector.load(model_path, cfg.get("restoration"), args.seed)),
+        "inpaint": lambda: sampler(work, cfg, "inpaint", InpaintDetector.load(model_path, cfg.get("inpaint"),
+                                                                              args.seed), cases[0]),
+        "restoration": lambda: sampler(work, cfg, "restoration",
+                                       RestorationDetector.load(model_path, cfg.get("restoration"), args.seed),
+                                       cases[0]),
         "gradcam_msma": lambda: gradcam(work, cfg, model_path),
         "zscore": lambda: zscore(work, cases),
     }

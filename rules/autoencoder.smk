@@ -1,5 +1,5 @@
-# The AE baseline (after Luo et al. 2023): a residual 3D autoencoder trained with MSE on healthy train images,
-# then per-voxel reconstruction-error heatmaps of every image set.
+# The AE baseline (after Luo et al. 2023): a residual 3D autoencoder trained with MSE on healthy train images
+# (its heatmaps: reconstruction_baselines.smk).
 
 
 rule train_ae:
@@ -30,28 +30,3 @@ rule train_ae:
         ENV_TORCH
     script:
         "../workflow/scripts/train_ae.py"
-
-
-rule heatmap_ae:
-    input:
-        model="{run}/models/ae/model.pt",
-        images=lambda wc: set_images(wc.set),
-        masks=lambda wc: set_brainmasks(wc.set),
-        code=script_code("heatmap_ae.py"),
-    output:
-        directory("{run}/heatmaps/ae/{set}"),
-    params:
-        cfg=section_scope("ae", "heatmap"),
-    log:
-        "{run}/logs/heatmap_ae/{set}.log",
-    benchmark:
-        "{run}/benchmarks/heatmap_ae/{set}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-        gpu=gpu_count("ae"),
-    conda:
-        ENV_TORCH
-    script:
-        "../workflow/scripts/heatmap_ae.py"

@@ -11,7 +11,7 @@ SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 sys.path.insert(0, str(PACKAGE.parent))
 from spatial_msma.config_scopes import scope  # noqa: E402
 from spatial_msma.lesions.volumes import subject_of, volume_ids  # noqa: E402
-from spatial_msma.methods import flow_keys, flow_section  # noqa: E402
+from spatial_msma.methods import flow_keys, flow_section, residual_keys  # noqa: E402
 from spatial_msma.script_modules import modules_run_by  # noqa: E402
 SYNTHETIC_BIDS = "resources/synthetic/bids"
 
@@ -79,6 +79,8 @@ def subject_scans(wildcards):
 # validation split with lesions from another seed (for choices that must not look at test lesions).
 # Density models on cached score norms: Spatial-MSMA and its ablations (one model file and heatmap set each).
 FLOW_METHODS = flow_keys()
+# Reconstruction baselines (heatmap = residual of a healthy estimate): each job also writes the raw-residual twin.
+RESIDUAL_METHODS = residual_keys()
 
 IMAGE_SETS = {
     "train": ("train", False),
@@ -119,6 +121,27 @@ def set_lesion_masks(image_set):
 def heatmap_files(method, image_set, run="results"):
     """Files inside the heatmap directory of a method and set (of one training run), one per volume."""
     return [f"{run}/heatmaps/{method}/{image_set}/{v}.nii.gz" for v in set_volumes(image_set)]
+
+
+# Reconstruction baselines: which model a method estimates with, its config as the estimate reads it, its heatmap form.
+def estimator_model(wildcards):
+    """The AE's own model, or the score model the samplers draw with."""
+    return f"{wildcards.run}/models/{'ae' if wildcards.residual_method == 'ae' else 'score'}/model.pt"
+
+
+def estimator_params(wildcards):
+    """The method's config section as its estimate reads it (the AE: only its heatmap keys)."""
+    method = wildcards.residual_method
+    return section_scope("ae", "heatmap") if method == "ae" else config[method]
+
+
+def residual_form(method):
+    return config["residual_heatmaps"]["form"][method]
+
+
+def reference_volumes():
+    """The training subjects the residual reference is fitted on: the first reference_images of the split."""
+    return set_volumes("train")[: config["residual_heatmaps"]["reference_images"]]
 
 
 # Training runs. The learned chain (score model, score norms, flows, AE, the detectors, thresholds, metrics,

@@ -12,7 +12,8 @@ import torch
 from training_checks import assert_resumed_like_a_straight_run, kill_after_first_checkpoint, same_weights, weights
 
 from spatial_msma import io
-from spatial_msma.baselines.ae import AeConfig, AeDetector, ae_heatmap, load_ae_model, train_ae
+from spatial_msma.baselines.ae import AeConfig, AeDetector, ae_reconstruction, load_ae_model, train_ae
+from spatial_msma.baselines.residual import ResidualDetector, raw_heatmap
 from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError
 
@@ -151,7 +152,7 @@ def trained(data, tmp_path_factory):
     return load_ae_model(out / "model.pt"), rng
 
 
-def test_heatmap_is_high_on_an_inserted_blob_and_zero_outside_the_brain(trained):
+def test_residual_is_high_on_an_inserted_blob(trained):
     model, rng = trained
     brain = brain_mask()
     image = make_image(rng)
@@ -160,31 +161,30 @@ def test_heatmap_is_high_on_an_inserted_blob_and_zero_outside_the_brain(trained)
     assert brain[blob].all()
     lesioned = image.copy()
     lesioned[:, blob] += 0.6
-    heat = ae_heatmap(model, lesioned, brain, "abs")
+    heat = np.where(brain, raw_heatmap(lesioned, ae_reconstruction(model, lesioned), "abs"), 0.0)
     assert heat.shape == SHAPE and heat.dtype == np.float32
-    assert (heat[~brain] == 0).all()
     rest = brain & ~blob
     assert heat[blob].mean() > 3 * heat[rest].mean()
     assert np.percentile(heat[blob], 25) > np.percentile(heat[rest], 95)
     # the same image without the blob: nothing stands out there, and squared error ranks the same way
-    clean = ae_heatmap(model, image, brain, "abs")
+    clean = raw_heatmap(image, ae_reconstruction(model, image), "abs")
     assert heat[blob].mean() > 3 * clean[blob].mean()
-    squared = ae_heatmap(model, lesioned, brain, "squared")
+    squared = raw_heatmap(lesioned, ae_reconstruction(model, lesioned), "squared")
     assert squared[blob].mean() > 5 * squared[rest].mean()
-    with pytest.raises(InputError, match="does not match"):
-        ae_heatmap(model, lesioned[:1], brain)
+    with pytest.raises(InputError, match="does not match the model"):
+        ae_reconstruction(model, lesioned[:1])
 
 
 def test_write_heatmaps_names_files_by_subject_with_the_image_affine(data, trained, tmp_path):
     model, _ = trained
     model_path = tmp_path / "model.pt"
     torch.save({**model.meta, "state_dict": model.net.state_dict()}, model_path)
-    detector = AeDetector.load(model_path, {**CFG, "error": "squared"})
+    detector = ResidualDetector(AeDetector.load(model_path, CFG), "raw", error="squared")
     write_set_heatmaps(detector, data["val"], data["masks"][6:], tmp_path / "heat")
     written = sorted(p.name for p in (tmp_path / "heat").iterdir())
     assert written == ["sub-06.nii.gz", "sub-07.nii.gz"]
     img = nib.load(tmp_path / "heat" / "sub-06.nii.gz")
     assert img.shape == SHAPE and np.allclose(img.affine, AFFINE)
     image, _ = io.read_channels(data["val"][0])
-    expected = ae_heatmap(model, image, brain_mask(), "squared")
+    expected = np.where(brain_mask(), raw_heatmap(image, ae_reconstruction(model, image), "squared"), 0.0)
     assert np.allclose(np.asarray(img.dataobj), expected)

@@ -11,9 +11,11 @@ from spatial_msma.baselines.inpaint import (
     InpaintConfig,
     InpaintDetector,
     checkerboard_masks,
-    inpaint_heatmap,
+    inpaint_estimate,
+    run_pattern,
 )
-from spatial_msma.baselines.restoration import RestorationConfig, RestorationDetector, restoration_heatmap
+from spatial_msma.baselines.residual import ResidualDetector
+from spatial_msma.baselines.restoration import RestorationConfig, RestorationDetector, restore
 from spatial_msma.baselines.sampling import generators_for, pc_sample, run_seed, sigma_grid
 from spatial_msma.detector import write_set_heatmaps
 from spatial_msma.io import InputError
@@ -134,26 +136,45 @@ def _lesioned(shape=(12, 10, 8), seed=0):
     return clean, image, brain
 
 
+def restoration_estimate(model, image, cfg, seed, subject="", on_step=None):
+    """Restoration's healthy estimate, as its detector makes it: the mean of the runs' restorations."""
+    return restore(model, image, cfg, seed, subject, on_step).mean(axis=0)
+
+
+@pytest.mark.parametrize("random_offset", [False, True])
 @pytest.mark.parametrize("corrector_steps", [0, 1])
-def test_inpaint_heatmap_known_answer(corrector_steps):
-    clean, image, brain = _lesioned()
+def test_inpaint_estimate_known_answer(corrector_steps, random_offset):
+    """A model that knows the healthy image in-paints every hidden voxel with it: the estimate is the clean
+    image, lesion removed, whatever the cube offsets."""
+    clean, image, _ = _lesioned()
     model = ScoreModel(PointMass(clean), SDE, {})
-    cfg = InpaintConfig(runs=4, steps=4, corrector_steps=corrector_steps, cube_size=3, batch_size=3)
+    cfg = InpaintConfig(runs=4, steps=4, corrector_steps=corrector_steps, cube_size=3, batch_size=3,
+                        random_offset=random_offset)
     calls = []
-    heat = inpaint_heatmap(model, image, brain, cfg, seed=1, subject="sub-a", on_step=calls.append)
-    expected = np.where(brain, np.abs(image - clean).sum(0), 0.0)
-    np.testing.assert_allclose(heat, expected, atol=1e-4)
-    assert heat.dtype == np.float32 and (heat[~brain] == 0).all()
+    estimate = inpaint_estimate(model, image, cfg, seed=1, subject="sub-a", on_step=calls.append)
+    assert estimate.dtype == np.float32 and estimate.shape == image.shape
+    np.testing.assert_allclose(estimate, clean, atol=1e-4)
     assert calls[-1] == cfg.runs * cfg.steps
 
 
+def test_run_pairs_cover_every_voxel_once_each_with_their_own_offset():
+    shape = (12, 10, 8)
+    cfg = InpaintConfig(runs=6, steps=1, cube_size=3)
+    patterns = [run_pattern(shape, cfg, seed=2, subject="sub-a", run=r) for r in range(cfg.runs)]
+    for pair in range(3):
+        assert ((patterns[2 * pair].astype(int) + patterns[2 * pair + 1]) == 1).all()
+    assert not np.array_equal(patterns[0], patterns[2]) or not np.array_equal(patterns[0], patterns[4])
+    fixed = InpaintConfig(runs=4, steps=1, cube_size=3, random_offset=False)
+    np.testing.assert_array_equal(run_pattern(shape, fixed, 2, "sub-a", 0), run_pattern(shape, fixed, 2, "sub-a", 2))
+    np.testing.assert_array_equal(run_pattern(shape, fixed, 2, "sub-a", 0), checkerboard_masks(shape, 3)[0])
+
+
 @pytest.mark.parametrize("corrector_steps", [0, 2])
-def test_restoration_heatmap_known_answer(corrector_steps):
-    clean, image, brain = _lesioned()
+def test_restoration_estimate_known_answer(corrector_steps):
+    clean, image, _ = _lesioned()
     model = ScoreModel(PointMass(clean), SDE, {})
     cfg = RestorationConfig(runs=3, steps=3, corrector_steps=corrector_steps, batch_size=2)
-    heat = restoration_heatmap(model, image, brain, cfg, seed=1, subject="sub-a")
-    np.testing.assert_allclose(heat, np.where(brain, np.abs(image - clean).sum(0), 0.0), atol=1e-4)
+    np.testing.assert_allclose(restoration_estimate(model, image, cfg, seed=1, subject="sub-a"), clean, atol=1e-4)
 
 
 SHAPE = (8, 8, 8)
@@ -174,16 +195,15 @@ def _net(seed=0) -> ScoreNet:
 def test_same_seed_same_bytes_and_batching_does_not_change_results():
     model = ScoreModel(_net(), VESDE(0.05, 5.0), {})
     image = np.random.default_rng(0).uniform(-1, 1, (2, *SHAPE)).astype(np.float32)
-    brain = np.ones(SHAPE, bool)
-    for fn, cfg in ((inpaint_heatmap, InpaintConfig(runs=2, steps=3, corrector_steps=1, cube_size=2)),
-                    (restoration_heatmap, RestorationConfig(runs=2, steps=3, corrector_steps=1))):
-        first = fn(model, image, brain, cfg, seed=5, subject="sub-x")
-        again = fn(model, image, brain, cfg, seed=5, subject="sub-x")
+    for fn, cfg in ((inpaint_estimate, InpaintConfig(runs=4, steps=3, corrector_steps=1, cube_size=2)),
+                    (restoration_estimate, RestorationConfig(runs=2, steps=3, corrector_steps=1))):
+        first = fn(model, image, cfg, seed=5, subject="sub-x")
+        again = fn(model, image, cfg, seed=5, subject="sub-x")
         assert first.tobytes() == again.tobytes()
-        assert np.isfinite(first).all() and (first >= 0).all() and first.max() > 0
-        assert not np.array_equal(first, fn(model, image, brain, cfg, seed=6, subject="sub-x"))
-        assert not np.array_equal(first, fn(model, image, brain, cfg, seed=5, subject="sub-y"))
-        one_by_one = fn(model, image, brain, type(cfg)(**{**cfg.to_dict(), "batch_size": 1}), seed=5,
+        assert np.isfinite(first).all() and not np.array_equal(first, image)
+        assert not np.array_equal(first, fn(model, image, cfg, seed=6, subject="sub-x"))
+        assert not np.array_equal(first, fn(model, image, cfg, seed=5, subject="sub-y"))
+        one_by_one = fn(model, image, type(cfg)(**{**cfg.to_dict(), "batch_size": 1}), seed=5,
                         subject="sub-x")
         np.testing.assert_allclose(one_by_one, first, rtol=1e-4, atol=1e-5)
     assert run_seed(5, "sub-x", 0, "inpaint") != run_seed(5, "sub-x", 1, "inpaint")
@@ -208,15 +228,19 @@ def test_writers_make_one_brain_masked_nifti_per_subject(tmp_path):
         masks.append(tmp_path / f"{subject}_brainmask.nii.gz")
     for name, detector_cls, cfg in (("inpaint", InpaintDetector, {"runs": 2, "steps": 2, "cube_size": 2}),
                                     ("restoration", RestorationDetector, {"runs": 2, "steps": 2})):
-        out = tmp_path / name
-        detector = detector_cls.load(model_path, {**cfg, "device": "cpu"}, seed=3)
+        out = {"table": tmp_path / name, "raw": tmp_path / f"{name}_raw"}
+        detector = ResidualDetector(detector_cls.load(model_path, {**cfg, "device": "cpu"}, seed=3), "raw")
         write_set_heatmaps(detector, images, masks, out)
-        assert sorted(p.name for p in out.iterdir()) == ["sub-01.nii.gz", "sub-02.nii.gz"]
-        heat, aff = io.load_nifti(out / "sub-01.nii.gz").get_fdata(), io.load_nifti(out / "sub-01.nii.gz").affine
-        np.testing.assert_array_equal(aff, affine)
+        for folder in out.values():
+            assert sorted(p.name for p in folder.iterdir()) == ["sub-01.nii.gz", "sub-02.nii.gz"]
+        written = io.load_nifti(out["raw"] / "sub-01.nii.gz")
+        heat = written.get_fdata()
+        np.testing.assert_array_equal(written.affine, affine)
         assert heat.shape == SHAPE and (heat[~brain] == 0).all() and heat[brain].max() > 0
+        np.testing.assert_array_equal(heat, io.load_nifti(out["table"] / "sub-01.nii.gz").get_fdata())
     with pytest.raises(InputError, match="brain masks"):
-        write_set_heatmaps(RestorationDetector.load(model_path, {}, seed=3), images, masks[:1], tmp_path / "bad")
+        write_set_heatmaps(ResidualDetector(RestorationDetector.load(model_path, {}, seed=3), "raw"), images,
+                           masks[:1], tmp_path / "bad")
 
 
 @pytest.mark.parametrize("cls, section, bad, key", [

@@ -17,6 +17,8 @@ from spatial_msma.methods import (
     flow_section,
     keys,
     method_order,
+    raw_twin,
+    residual_keys,
     table1_keys,
 )
 
@@ -39,9 +41,15 @@ def test_every_method_has_exactly_one_heatmap_rule():
     method wildcard is constrained to the registry's flow keys."""
     rules = "\n".join(p.read_text() for p in sorted((REPO / "rules").glob("*.smk")))
     written = re.findall(r'directory\("\{run\}/heatmaps/([^/{]+)/\{set\}"\)', rules)
-    assert sorted(written) == sorted(k for k in METHODS if k not in flow_keys())
+    shared = set(flow_keys()) | set(residual_keys()) | set(keys("paper_form"))
+    assert sorted(written) == sorted(k for k in METHODS if k not in shared)
     assert rules.count('directory("{run}/heatmaps/{method}/{set}")') == 1
     assert re.search(r'FLOW_METHODS = flow_keys\(\)', rules)
+    # the reconstruction baselines share one rule that writes each one's Table-1 form and its raw twin
+    assert rules.count('directory("{run}/heatmaps/{residual_method}/{set}")') == 1
+    assert rules.count('directory("{run}/heatmaps/{residual_method}_raw/{set}")') == 1
+    assert re.search(r'RESIDUAL_METHODS = residual_keys\(\)', rules)
+    assert [raw_twin(k) for k in residual_keys()] == keys("paper_form") == ["ae_raw", "inpaint_raw", "restoration_raw"]
 
 
 def test_families_names_and_order():

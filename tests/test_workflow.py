@@ -181,7 +181,7 @@ def test_seed_spread_retrains_only_the_learned_chain(run_dir):
     ("crop.py", {"crop_box", "crop", "zscore_model", "table1"}, {"synthetic_cohort", "filter_cohort", "preprocess"}),
     # imported by neither script directly: train_flow.py -> flow.train -> flow.data, heatmap_flow.py likewise
     ("flow/data.py", {"train_flow", "heatmap_flow", "table1"},
-     {"preprocess", "train_score_model", "score_norms", "train_ae", "heatmap_inpaint"}),
+     {"preprocess", "train_score_model", "score_norms", "train_ae", "heatmap_residual"}),
 ])
 def test_editing_a_module_reruns_the_rules_that_run_it_and_what_follows(run_dir, module, reruns, keeps):
     """A real edit (Snakemake compares checksums, so a bare touch is not a change) of one module of the run's
@@ -211,7 +211,7 @@ def test_a_checkout_moved_with_its_results_reruns_nothing(run_dir):
 
 @pytest.mark.parametrize(("setting", "reruns", "keeps"), [
     ("flow: {heatmap_jacobian: true}", {"heatmap_flow", "evaluate", "table1"}, {"train_flow", "score_norms"}),
-    ("ae: {error: squared}", {"heatmap_ae", "evaluate"}, {"train_ae", "heatmap_flow"}),
+    ("ae: {error: squared}", {"heatmap_residual", "evaluate"}, {"train_ae", "residual_reference", "heatmap_flow"}),
     ("evaluation: {figure_subjects: 1}", {"evaluation_figures"}, {"evaluate", "evaluation_thresholds", "table1"}),
 ])
 def test_a_scoring_or_figure_key_reruns_only_the_jobs_that_read_it(run_dir, tmp_path, setting, reruns, keeps):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -107,20 +107,23 @@ def masked(heat: np.ndarray, case: Case, label: str) -> np.ndarray:
 
 
 def write_set_heatmaps(detector: Detector, images: Sequence[str | os.PathLike],
-                       masks: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                       masks: Sequence[str | os.PathLike], out_dir: str | os.PathLike | Mapping[str, str | os.PathLike],
                        logger: logging.Logger | None = None) -> None:
     """Score every image of a set: ``out_dir/{image_id}.nii.gz`` per (image, brain mask) pair.
 
-    Progress (steps/s, ETA) counts the detector's steps over the whole set, so a set of slow sampler runs
-    reports within an image, and a set of one-pass detectors per image.
+    ``out_dir`` may instead map the names of a detector's several heatmap forms (``detector.heatmaps(case)``,
+    e.g. a residual baseline's Table-1 form and the paper's raw one, made from one estimate) to one folder
+    each. Progress (steps/s, ETA) counts the detector's steps over the whole set, so a set of slow sampler
+    runs reports within an image, and a set of one-pass detectors per image.
     """
     logger = logger or logging.getLogger("spatial_msma")
     images, masks = [str(p) for p in images], [str(p) for p in masks]
     if len(images) != len(masks):
         raise io.InputError(f"{detector.label}: {len(images)} images but {len(masks)} brain masks")
     logger.info("%s: %d images; %s", detector.label, len(images), detector.settings())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    outs = {name: Path(path) for name, path in out_dir.items()} if isinstance(out_dir, Mapping) else {"": Path(out_dir)}
+    for out in outs.values():
+        out.mkdir(parents=True, exist_ok=True)
     per_image = detector.steps_per_image
     progress = Progress(len(images) * per_image, detector.label, logger)
     for done, (image_path, mask_path) in enumerate(zip(images, masks, strict=True)):
@@ -130,7 +133,8 @@ def write_set_heatmaps(detector: Detector, images: Sequence[str | os.PathLike],
                 progress.update(base + k, images=done)
 
         case = read_case(image_path, mask_path, on_step)
-        io.write_nifti(masked(detector.heatmap(case), case, detector.label), case.affine,
-                       out / f"{case.image_id}.nii.gz")
+        heatmaps = detector.heatmaps(case) if isinstance(out_dir, Mapping) else {"": detector.heatmap(case)}
+        for name, out in outs.items():
+            io.write_nifti(masked(heatmaps[name], case, detector.label), case.affine, out / f"{case.image_id}.nii.gz")
         progress.update((done + 1) * per_image, images=done + 1)
-    logger.info("%s: heatmaps of %d images in %s", detector.label, len(images), out)
+    logger.info("%s: heatmaps of %d images in %s", detector.label, len(images), ", ".join(map(str, outs.values())))

@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 #: What a method is to the tables: ``floor`` (the no-model reference every learned method must clear),
-#: ``baseline`` (the paper's comparison rows), ``spatial_msma`` (the method itself) and ``ablation``
-#: (Spatial-MSMA with one part changed: its own table, never a Table-1 row by default).
-FAMILIES = ("floor", "baseline", "spatial_msma", "ablation")
+#: ``baseline`` (the paper's comparison rows), ``spatial_msma`` (the method itself), ``paper_form`` (a
+#: reconstruction baseline scored by the papers' raw residual, ``{key}_raw``, made by the baseline's own job
+#: beside its Table-1 form: its own table) and ``ablation`` (Spatial-MSMA with one part changed: its own
+#: table, never a Table-1 row by default).
+FAMILIES = ("floor", "baseline", "spatial_msma", "paper_form", "ablation")
+#: The suffix of a paper-form method's key: ``ae_raw`` is the AE scored by the raw residual.
+RAW_SUFFIX = "_raw"
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ METHODS: Mapping[str, Method] = _registry(
     Method("zscore", "Intensity z-score", "floor",
            note="per-voxel intensity z-score against the training subjects, no learned model — the floor every "
                 "learned method must clear."),
+    Method("ae_raw", "AE, raw residual", "paper_form"),
+    Method("inpaint_raw", "Inpaint, raw residual", "paper_form"),
+    Method("restoration_raw", "Restoration, raw residual", "paper_form"),
     Method("spatial_msma_nopos", "Spatial-MSMA, no position code", "ablation", flow={"use_position": False}),
     Method("spatial_msma_noglobal", "Spatial-MSMA, no global features", "ablation", flow={"use_global": False}),
     Method("spatial_msma_gmm", "Spatial-MSMA, context-free GMM base", "ablation", flow={"base": "gmm"}),
@@ -84,6 +91,19 @@ def keys(*families: str) -> list[str]:
 def table1_keys() -> list[str]:
     """The rows Table 1 expects: every method but the ablations."""
     return keys("floor", "baseline", "spatial_msma")
+
+
+def residual_keys() -> list[str]:
+    """The reconstruction baselines (heatmap = residual of a healthy estimate, spatial_msma.baselines.residual):
+    the methods that have a paper-form twin."""
+    return [key.removesuffix(RAW_SUFFIX) for key in keys("paper_form")]
+
+
+def raw_twin(method: str) -> str:
+    """The key of a reconstruction baseline's paper-form (raw residual) twin."""
+    if method not in residual_keys():
+        raise ValueError(f"method {method!r} is not a reconstruction baseline ({residual_keys()})")
+    return method + RAW_SUFFIX
 
 
 def flow_keys() -> list[str]:

@@ -1,5 +1,6 @@
 """The AE baseline (after Luo et al. 2023): a ResNet-style 3D convolutional autoencoder trained with MSE on
-healthy images; the heatmap is the per-voxel reconstruction error summed over channels, brain-masked.
+healthy images; its reconstruction is the healthy estimate whose residual is the heatmap
+(:mod:`spatial_msma.baselines.residual`: raw or standardised per voxel), brain-masked.
 
 Network: MONAI's :class:`~monai.networks.nets.AutoEncoder` with ``num_res_units`` > 0, i.e. an encoder of
 strided :class:`~monai.networks.blocks.ResidualUnit` blocks (conv-norm-PReLU subunits with a residual
@@ -43,6 +44,7 @@ import torch
 from monai.networks.nets import AutoEncoder
 from torch import nn
 
+from spatial_msma.baselines.residual import ERRORS
 from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
 from spatial_msma.training import (
     ImageTrainer,
@@ -58,7 +60,6 @@ if TYPE_CHECKING:
 
 #: Tag of an AE model file written by :func:`train_ae`.
 MODEL_FORMAT = "spatial_msma.ae_model.v1"
-ERRORS = ("abs", "squared")
 NETWORK_KEYS = ("channels", "strides", "num_res_units", "latent_channels")
 
 
@@ -136,30 +137,17 @@ class AeNet(VolumeNet):
         return self.ae(x)
 
 
-def reconstruction_error(x: torch.Tensor, recon: torch.Tensor, error: str = "abs") -> torch.Tensor:
-    """(B, C, ...) -> (B, ...): per-voxel error summed over channels (``abs`` L1 or ``squared``)."""
-    if error == "abs":
-        return (x - recon).abs().sum(1)
-    if error == "squared":
-        return (x - recon).pow(2).sum(1)
-    raise InputError(f"AE error: expected one of {ERRORS}, got {error!r}")
-
-
 @torch.no_grad()
-def ae_heatmap(model: AeNet | AeModel, image: np.ndarray, mask: np.ndarray, error: str = "abs") -> np.ndarray:
-    """The AE heatmap of one (C, X, Y, Z) image: reconstruction error summed over channels, 0 outside ``mask``.
+def ae_reconstruction(model: AeNet | AeModel, image: np.ndarray) -> np.ndarray:
+    """The AE's reconstruction of one (C, X, Y, Z) image: its healthy estimate, float32, same shape.
 
-    ``model`` is an :class:`AeNet` or the :class:`AeModel` that :func:`load_ae_model` returns (eval mode);
-    float32 (X, Y, Z) out.
+    ``model`` is an :class:`AeNet` or the :class:`AeModel` that :func:`load_ae_model` returns (eval mode).
     """
     net = model.net if isinstance(model, AeModel) else model
-    net.check_image(image, "AE heatmap")
-    if mask.shape != image.shape[1:]:
-        raise InputError(f"AE heatmap: mask {mask.shape} does not match image {image.shape[1:]}")
+    net.check_image(image, "AE reconstruction")
     device = next(net.parameters()).device
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)[None]
-    err = reconstruction_error(x, net(x), error)[0].cpu().numpy()
-    return np.where(mask, err, 0.0).astype(np.float32)
+    return net(x)[0].cpu().numpy().astype(np.float32)
 
 
 @dataclass
@@ -211,10 +199,10 @@ def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfi
 
 @dataclass(frozen=True)
 class AeDetector:
-    """A trained AE and the reconstruction error it scores (``ae.error``)."""
+    """A trained AE as a :class:`~spatial_msma.baselines.residual.HealthyEstimator`: its reconstruction is the
+    estimate whose residual is scored (``ae.error``: abs or squared, applied by the residual heatmap)."""
 
     model: AeModel
-    error: str
     label: ClassVar[str] = "AE heatmaps"
     steps_per_image: ClassVar[int] = 1
 
@@ -222,11 +210,10 @@ class AeDetector:
     def load(cls, model_path: str | os.PathLike, cfg: Mapping[str, object] | AeConfig) -> AeDetector:
         """The model file on the device of ``cfg`` (the ``ae`` heatmap keys: ``error``, ``device``)."""
         cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
-        return cls(load_ae_model(model_path, resolve_device(cfg.device)), cfg.error)
+        return cls(load_ae_model(model_path, resolve_device(cfg.device)))
 
     def settings(self) -> str:
-        return (f"{self.error} reconstruction error summed over channels, "
-                f"device {next(self.model.net.parameters()).device}")
+        return f"reconstruction, device {next(self.model.net.parameters()).device}"
 
-    def heatmap(self, case: Case) -> np.ndarray:
-        return ae_heatmap(self.model, case.image, case.brain, self.error)
+    def estimate(self, case: Case) -> np.ndarray:
+        return ae_reconstruction(self.model, case.image)

@@ -1,15 +1,15 @@
 """The Inpaint baseline (after Liu et al. 2023, "Lift, Map, Detect"): hide part of the image, let the score
-model in-paint it, and score each voxel by how far the in-painting lands from what was there.
+model in-paint it, and score each voxel by how far the in-paintings land from what was there.
 
-A 3D checkerboard of cubes (``cube_size`` voxels per edge, or ``blocks_per_axis`` blocks along each axis
-as in Liu et al.'s code, whose ``checkerboard_alt`` masks have ``num_blocks`` blocks per side and invert
-on every other run) splits the grid into two complementary patterns. Run ``r`` hides pattern ``r % 2``
-(so runs alternate between the checkerboard and its complement and every voxel is hidden in half of
-them), in-paints it with the SAME score model as Spatial-MSMA by the predictor-corrector sampler of
-:mod:`spatial_msma.baselines.sampling` with RePaint-style replacement of the visible cubes, and records the
-L1 error summed over channels, ``sum_c |x_c - x̂_c|``, on the hidden voxels. The heatmap is, per voxel, the
-mean of that error over the runs that hid it, zero outside the brain mask. Healthy anatomy is predictable
-from its surroundings; a lesion is not.
+A 3D checkerboard of cubes (``cube_size`` voxels per edge, or ``blocks_per_axis`` blocks along each axis)
+splits the grid into two complementary patterns. Run ``r`` hides pattern ``r % 2`` of run pair ``r // 2``'s
+checkerboard (so every voxel is hidden once per pair; with ``random_offset`` each pair's checkerboard is
+shifted by its own random offset, so the cube borders fall elsewhere), in-paints it with the SAME score
+model as Spatial-MSMA by the predictor-corrector sampler of :mod:`spatial_msma.baselines.sampling` with
+RePaint-style replacement of the visible cubes. The healthy estimate is, per voxel, the mean of its
+in-paintings over the runs that hid it; the heatmap is the residual of that mean
+(:mod:`spatial_msma.baselines.residual`: the authors' ``|mean - x|``, or standardised per voxel).
+Healthy anatomy is predictable from its surroundings; a lesion is not.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from spatial_msma.baselines.sampling import SamplerDetector, SamplerSettings, sample_runs
+from spatial_msma.baselines.sampling import SamplerDetector, SamplerSettings, run_seed, sample_runs
 from spatial_msma.io import InputError, check_number
 from spatial_msma.score.network import ScoreModel
 
@@ -38,24 +38,21 @@ class InpaintConfig(SamplerSettings):
     blocks (``blocks_per_axis: 3``, reading it as Liu et al.'s ``num_blocks`` per side). The corrector is
     not specified there; Song et al.'s VE defaults are 1 Langevin step per level with snr 0.16.
 
-    Defaults (the 2-core CPU budget, where both sampler baselines share a few minutes for the ~20 volumes
-    of val, test and their lesioned copies): batch 2, because batch 1 is slower per volume and larger
-    batches are no faster (``benchmarks/sampler_speed.py``). 2 runs (the checkerboard and its complement,
-    together one batch of 2: each voxel is in-painted once) x 10 predictor steps, no corrector, is 10
-    batched forwards per volume, which fits that budget (timings in benchmarks/README.md). The price: one
-    in-painting per voxel instead of five, so the error map carries the sampler's noise, and 10 steps
-    instead of 1000, so in-paintings are blurrier than a converged sampler's (smooth anatomy is in-painted
-    well; fine detail, e.g. cortex, less so).
-    ``t_start`` 0.6 instead of 1: on images scaled to [-1, 1], a hidden cube at sigma(0.6) (several times
-    the intensity range with the default model's sigma_max) is as good as pure noise, so the few steps are
-    spent where the image forms, not on the highest levels where nothing does. ``cube_size`` 4 voxels
-    (16 mm at 4 mm) is the size of the default lesions; a cube much larger than a lesion hides it entirely
-    in context, much smaller and the lesion is re-drawn from its own neighbouring lesion voxels.
+    Defaults (the 2-core CPU budget, where both sampler baselines share a few minutes for the ~60 volumes
+    of val, test, their lesioned copies and the residual reference): batch 2, because batch 1 is slower per
+    volume and larger batches are no faster (``benchmarks/sampler_speed.py``). 2 runs (a checkerboard and its
+    complement, one batch: each voxel is in-painted once) x ``steps`` predictor steps, no corrector
+    (``config/config.yaml`` sets 5 steps for the DAG budget). ``t_start`` 0.6 instead of 1: on images scaled
+    to [-1, 1], a hidden cube at sigma(0.6) (several times the intensity range with the default model's
+    sigma_max) is as good as pure noise, so the few steps are spent where the image forms. ``cube_size`` 2
+    voxels (8 mm at 4 mm), the nearest to the authors' 3 voxels at 2 mm (6 mm), each run pair at its own
+    random offset (``random_offset``). Runs, start time and cube size were compared on the lesioned
+    validation split (``benchmarks/baseline_search.py``; the table in benchmarks/README.md).
 
-    Why the row is weak at laptop sizes: the in-painting error is about as large on healthy as on lesion
-    voxels, dominated by how far a sampled cube lands from the true anatomy, and hardly changes when a
-    lesion is added (benchmarks/README.md). A better score model and more steps/runs are what this row
-    needs.
+    Why the row stays weak at laptop sizes: with 5 steps the in-paintings are blurred guesses whose residual
+    is large wherever the anatomy has detail; the standardised residual form
+    (:mod:`spatial_msma.baselines.residual`) removes the edge bias, not the guesswork. A better score model
+    and more steps/runs are what this row needs.
     """
 
     section: ClassVar[str] = "inpaint"
@@ -63,13 +60,16 @@ class InpaintConfig(SamplerSettings):
 
     steps: int = 10
     t_start: float = 0.6
-    cube_size: int = 4
+    cube_size: int = 2
     blocks_per_axis: int | None = None
+    random_offset: bool = True
 
     def validate(self) -> None:
         super().validate()
         check_number(self.cube_size, "inpaint.cube_size", 1, integer=True)
         check_number(self.blocks_per_axis, "inpaint.blocks_per_axis", 2, integer=True, optional=True)
+        if not isinstance(self.random_offset, bool):
+            raise InputError(f"config inpaint.random_offset: expected true or false, got {self.random_offset!r}")
 
     def cube_edges(self, shape: Sequence[int]) -> tuple[int, ...]:
         """Cube edge per axis: ``cube_size``, or ceil(n / blocks_per_axis) when that is set."""
@@ -78,50 +78,64 @@ class InpaintConfig(SamplerSettings):
         return tuple(-(-int(n) // self.blocks_per_axis) for n in shape)
 
 
-def checkerboard_masks(shape: Sequence[int], cube_size: int | Sequence[int]) -> np.ndarray:
+def checkerboard_masks(shape: Sequence[int], cube_size: int | Sequence[int],
+                       offset: Sequence[int] | None = None) -> np.ndarray:
     """(2, X, Y, Z) bool: a 3D checkerboard of cubes (``cube_size`` voxels per edge, one number or one per
-    axis) and its complement (partial cubes at the far edges when a size does not divide); together they
-    cover every voxel exactly once."""
+    axis), shifted by ``offset`` voxels per axis, and its complement (partial cubes at the edges where a
+    size does not divide); together they cover every voxel exactly once."""
     edges = np.broadcast_to(np.asarray(cube_size, dtype=np.int64), (len(shape),))
     if (edges < 1).any():
         raise InputError(f"checkerboard: cube sizes must be >= 1, got {cube_size}")
-    index = np.indices(tuple(shape)) // edges.reshape(-1, *([1] * len(shape)))
-    pattern = index.sum(axis=0) % 2 == 0  # the cube at the origin is in the first pattern
+    shift = np.zeros(len(shape), dtype=np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
+    index = (np.indices(tuple(shape)) + shift.reshape(-1, *([1] * len(shape)))) // edges.reshape(
+        -1, *([1] * len(shape)))
+    pattern = index.sum(axis=0) % 2 == 0  # the cube at the (shifted) origin is in the first pattern
     return np.stack([pattern, ~pattern])
 
 
-def inpaint_heatmap(
+def run_pattern(shape: Sequence[int], cfg: InpaintConfig, seed: int, subject: str, run: int) -> np.ndarray:
+    """(X, Y, Z) bool, the voxels run ``run`` hides: pattern ``run % 2`` of the checkerboard of run pair
+    ``run // 2``, whose offset (0 .. cube edge - 1 per axis) is drawn from the run pair's own seed when
+    ``random_offset`` is on, so successive pairs cut the anatomy at different places."""
+    edges = cfg.cube_edges(shape)
+    offset = None
+    if cfg.random_offset:
+        rng = np.random.default_rng(run_seed(seed, subject, run // 2, f"{cfg.section}.offset"))
+        offset = rng.integers(0, np.asarray(edges))
+    return checkerboard_masks(shape, edges, offset)[run % 2]
+
+
+def inpaint_estimate(
     model: ScoreModel,
     image: np.ndarray,
-    brain: np.ndarray,
     cfg: InpaintConfig,
     seed: int,
     subject: str = "",
     on_step: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The Inpaint heatmap of one (C, X, Y, Z) image: mean over runs of the L1 in-painting error (summed
-    over channels) of the voxels each run hid; zero outside ``brain``. ``on_step(k)`` counts sampler steps
-    over all runs (``runs * steps`` per image)."""
-    patterns = torch.from_numpy(checkerboard_masks(image.shape[1:], cfg.cube_edges(image.shape[1:])))
+    """The healthy estimate of one (C, X, Y, Z) image: per voxel, the mean of its in-paintings over the runs
+    that hid it (float32, same shape). ``on_step(k)`` counts sampler steps over all runs (``runs * steps``)."""
+    shape = image.shape[1:]
     data = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    error_sum = torch.zeros(image.shape[1:], dtype=torch.float64)
-    hidden_count = torch.zeros(image.shape[1:], dtype=torch.float64)
+    filled_sum = torch.zeros(image.shape, dtype=torch.float64)
+    hidden_count = torch.zeros(shape, dtype=torch.float64)
 
     def hide(runs: list[int]) -> torch.Tensor:  # (B, 1, X, Y, Z): True = to in-paint
-        return patterns[[r % 2 for r in runs]].unsqueeze(1)
+        return torch.from_numpy(np.stack([run_pattern(shape, cfg, seed, subject, r) for r in runs]))[:, None]
 
     for runs, filled in sample_runs(model, data, cfg, seed, subject, on_step, hide):
-        error = (filled - data.unsqueeze(0)).abs().sum(dim=1).double()  # (B, X, Y, Z)
-        hidden_b = hide(runs).squeeze(1)
-        error_sum += torch.where(hidden_b, error, 0.0).sum(0)
-        hidden_count += hidden_b.double().sum(0)
-    heatmap = (error_sum / hidden_count.clamp_min(1.0)).numpy()
-    return np.where(brain, heatmap, 0.0).astype(np.float32)
+        hidden_b = hide(runs)
+        filled_sum += torch.where(hidden_b, filled.double(), 0.0).sum(0)
+        hidden_count += hidden_b[:, 0].double().sum(0)
+    if bool((hidden_count == 0).any()):
+        raise InputError(f"Inpaint: {int((hidden_count == 0).sum())} voxels of {subject} never hidden")
+    return (filled_sum / hidden_count).numpy().astype(np.float32)
 
 
 @dataclass(frozen=True)
 class InpaintDetector(SamplerDetector):
-    """The score model, the ``inpaint`` settings and the run's seed (each subject's runs are seeded from it)."""
+    """The score model, the ``inpaint`` settings and the run's seed (each subject's runs are seeded from it):
+    a :class:`~spatial_msma.baselines.residual.HealthyEstimator`."""
 
     cfg: InpaintConfig
     config_class: ClassVar[type[SamplerSettings]] = InpaintConfig
@@ -130,5 +144,5 @@ class InpaintDetector(SamplerDetector):
     def path_settings(self) -> str:
         return f", cubes of {'x'.join(map(str, self.cfg.cube_edges(self.model.net.image_shape)))} voxels"
 
-    def heatmap(self, case: Case) -> np.ndarray:
-        return inpaint_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.image_id, case.on_step)
+    def estimate(self, case: Case) -> np.ndarray:
+        return inpaint_estimate(self.model, case.image, self.cfg, self.seed, case.image_id, case.on_step)

@@ -5,8 +5,9 @@ by how much the "restored", healthy-looking image differs from the input.
 Each run draws ``x_t = x + sigma(t_start) z`` (``t_start`` 0.25 of the diffusion time: enough noise to wash
 out a lesion's intensity but not the anatomy around it), then samples the reverse VE-SDE of the SAME score
 model as Spatial-MSMA from sigma(t_start) down to sigma_min and a final noise-free step
-(:mod:`spatial_msma.baselines.sampling`). The heatmap is ``sum_c |x_c - x̂_c|`` averaged over runs, zero
-outside the brain mask.
+(:mod:`spatial_msma.baselines.sampling`). The healthy estimate is the mean of the runs' restorations; the
+heatmap is the residual of that mean (:mod:`spatial_msma.baselines.residual`: the authors' ``|mean - x|``,
+or standardised per voxel).
 """
 
 from __future__ import annotations
@@ -34,17 +35,13 @@ class RestorationConfig(SamplerSettings):
     10 runs. The corrector is not specified there; Song et al.'s VE defaults are 1 Langevin step per level
     with snr 0.16.
 
-    Defaults (the 2-core CPU budget, shared with Inpaint: a few minutes for the ~20 volumes of val, test
-    and their lesioned copies): batch 2, because batch 1 is slower per volume and larger batches are no
-    faster (``benchmarks/sampler_speed.py``). 2 runs (one batch) x 6 predictor steps, no corrector: 6
-    batched forwards per volume, which fits that budget (timings in benchmarks/README.md). 6 geometric
-    levels from sigma(0.25) down to sigma_min are steps fine enough for a denoiser-like sampler over this
-    short range; the main loss is 2 runs instead of 10, which leaves more of the sampler's noise in the
-    heatmap (averaging runs is what suppresses it). ``t_start`` keeps the paper's 0.25.
-
-    Why the row is weak at laptop sizes: the restoration does react to lesions (a larger error at lesion
-    voxels than on the lesion-free twin), but lesions sit in smooth white matter, where the error is lower
-    than at tissue boundaries, so healthy edges outrank them (benchmarks/README.md).
+    Defaults (the 2-core CPU budget, shared with Inpaint): batch 2, because batch 1 is slower per volume and
+    larger batches are no faster (``benchmarks/sampler_speed.py``). 2 runs (one batch) x ``steps`` predictor
+    steps, no corrector (``config/config.yaml`` sets 4 for the DAG budget): geometric levels from
+    sigma(t_start) down to sigma_min are fine enough for a denoiser-like sampler over this short range.
+    Averaging the restorations before the residual cancels part of their sampling noise; 2 runs instead of 10
+    leave more of it. Runs and start time were compared on the lesioned validation split
+    (``benchmarks/baseline_search.py``; the table in benchmarks/README.md).
     """
 
     section: ClassVar[str] = "restoration"
@@ -66,21 +63,6 @@ def restore(
     return torch.cat([x for _, x in sample_runs(model, data, cfg, seed, subject, on_step)]).numpy()
 
 
-def restoration_heatmap(
-    model: ScoreModel,
-    image: np.ndarray,
-    brain: np.ndarray,
-    cfg: RestorationConfig,
-    seed: int,
-    subject: str = "",
-    on_step: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Mean over runs of ``sum_c |x_c - restored_c|``, zero outside ``brain``."""
-    restored = restore(model, image, cfg, seed, subject, on_step)
-    error = np.abs(restored.astype(np.float64) - image[None]).sum(axis=1).mean(axis=0)
-    return np.where(brain, error, 0.0).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class RestorationDetector(SamplerDetector):
     """The score model, the ``restoration`` settings and the run's seed (each subject's runs are seeded from it)."""
@@ -92,6 +74,7 @@ class RestorationDetector(SamplerDetector):
     def path_settings(self) -> str:
         return f" to sigma_min {self.model.sde.sigma_min:.4g}"
 
-    def heatmap(self, case: Case) -> np.ndarray:
-        return restoration_heatmap(self.model, case.image, case.brain, self.cfg, self.seed, case.image_id,
-                                   case.on_step)
+    def estimate(self, case: Case) -> np.ndarray:
+        """The mean of the runs' restorations: the residual is taken after averaging (the authors' |mean - x|),
+        so the runs' sampling noise cancels instead of adding up."""
+        return restore(self.model, case.image, self.cfg, self.seed, case.image_id, case.on_step).mean(axis=0)
