@@ -130,9 +130,10 @@ def estimator_model(wildcards):
 
 
 def estimator_params(wildcards):
-    """The method's config section as its estimate reads it (the AE: only its heatmap keys)."""
+    """The method's config section as its estimate reads it (the AE: only its device; its error type is the
+    heatmap rule's own param, so changing it never refits the residual reference)."""
     method = wildcards.residual_method
-    return section_scope("ae", "heatmap") if method == "ae" else config[method]
+    return {"device": config["ae"]["device"]} if method == "ae" else config[method]
 
 
 def residual_form(method):
