@@ -17,6 +17,7 @@ chosen setting: the highest voxel AUROC per method and form (ties: the cheaper).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import yaml
 
 from spatial_msma import io
 from spatial_msma.baselines.estimators import load_estimator
-from spatial_msma.baselines.residual import raw_heatmap, standardised_heatmap
+from spatial_msma.baselines.residual import fit_reference, raw_heatmap, standardised_heatmap
 from spatial_msma.detector import read_case
 from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.metrics import best_dice, lesion_contrast, voxel_auroc_auprc
@@ -102,9 +103,8 @@ def main() -> None:
         for overrides in grid:
             section = {**(cfg.get(method) or {}), **overrides, "device": "cpu"}
             estimator = load_estimator(method, model, section if method != "ae" else {"device": "cpu"}, args.seed)
-            train_images, train_estimates, _ = estimates(estimator, train)
-            residuals = np.stack([x - e for x, e in zip(train_images, train_estimates, strict=True)]).astype(np.float64)
-            reference = {"mean": residuals.mean(0), "sd": np.maximum(residuals.std(0, ddof=1), args.sd_floor)}
+            reference = fit_reference(estimator, [functools.partial(read_case, image, mask) for image, mask in train],
+                                      args.sd_floor)
             val_images, val_estimates, seconds = estimates(estimator, val)
             for form in ("raw", "standardised"):
                 scores = []
