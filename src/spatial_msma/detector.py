@@ -48,13 +48,11 @@ class Case:
     on_step: Callable[[int], None] = field(default=_no_progress, repr=False)
 
 
-class Detector(Protocol):
-    """A method's trained model(s) and settings, ready to score images one at a time.
+class ImageScorer(Protocol):
+    """What anything that works through an image set one image at a time tells its log and progress.
 
-    ``label`` names the method in log lines; ``steps_per_image`` is how many progress steps one heatmap
-    takes (sampler steps; 1 for a single pass); ``settings`` is one log line saying what the detector
-    computes and on which device. ``heatmap(case)`` returns an (X, Y, Z) float32 map, larger = more
-    anomalous, of the case's grid; the writer sets it to 0 outside the brain.
+    ``label`` names it in log lines; ``steps_per_image`` is how many progress steps one image takes (sampler
+    steps; 1 for a single pass); ``settings`` is one log line saying what it computes and on which device.
     """
 
     @property
@@ -64,6 +62,13 @@ class Detector(Protocol):
     def steps_per_image(self) -> int: ...
 
     def settings(self) -> str: ...
+
+
+class Detector(ImageScorer, Protocol):
+    """A method's trained model(s) and settings, ready to score images one at a time: ``heatmap(case)``
+    returns an (X, Y, Z) float32 map, larger = more anomalous, of the case's grid; the writer sets it to 0
+    outside the brain.
+    """
 
     def heatmap(self, case: Case) -> np.ndarray: ...
 

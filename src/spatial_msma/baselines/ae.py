@@ -208,7 +208,8 @@ class AeDetector:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, cfg: Mapping[str, object] | AeConfig) -> AeDetector:
-        """The model file on the device of ``cfg`` (the ``ae`` heatmap keys: ``error``, ``device``)."""
+        """The model file on the device of ``cfg`` (the ``ae`` section; only ``device`` is read here, the error
+        type belongs to the residual heatmap)."""
         cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
         return cls(load_ae_model(model_path, resolve_device(cfg.device)))
 

@@ -1,5 +1,6 @@
-"""The healthy estimators of the reconstruction baselines, by method key: one place that knows which model
-file and which config section each uses, so the heatmap and the residual-reference jobs build them alike."""
+"""The healthy estimators of the reconstruction baselines, by method key: one place that knows which class
+each method's model file and config section make, so the heatmap and the residual-reference jobs (and the
+benchmarks) build them alike."""
 
 from __future__ import annotations
 

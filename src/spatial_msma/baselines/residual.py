@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from spatial_msma.detector import ImageScorer
 from spatial_msma.io import InputError, atomic_path
 from spatial_msma.progress import Progress
 
@@ -39,17 +40,10 @@ if TYPE_CHECKING:
 FORMS = ("raw", "standardised")
 ERRORS = ("abs", "squared")
 
-class HealthyEstimator(Protocol):
+
+class HealthyEstimator(ImageScorer, Protocol):
     """A reconstruction baseline's model: ``estimate(case)`` returns the (C, X, Y, Z) float32 healthy-looking
-    estimate of the case's image; ``label``, ``steps_per_image`` and ``settings`` as for a detector."""
-
-    @property
-    def label(self) -> str: ...
-
-    @property
-    def steps_per_image(self) -> int: ...
-
-    def settings(self) -> str: ...
+    estimate of the case's image."""
 
     def estimate(self, case: Case) -> np.ndarray: ...
 
