@@ -45,6 +45,7 @@ from torch import nn
 
 from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
 from spatial_msma.training import (
+    EarlyStopping,
     ImageTrainer,
     LoopSettings,
     VolumeNet,
@@ -85,10 +86,15 @@ class AeConfig(LoopSettings):
     steps: int = 300
     batch_size: int = 4
     ema_decay: float = 0.99
+    early_stopping: EarlyStopping | None = None
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:
-        out = cls(**config_section(cls, cfg, where, lists=("channels", "strides")))  # type: ignore[arg-type]
+        section = config_section(cls, cfg, where, lists=("channels", "strides"))
+        if "early_stopping" in section:
+            section["early_stopping"] = EarlyStopping.from_dict(section["early_stopping"],  # type: ignore[arg-type]
+                                                                f"{where}.early_stopping")
+        out = cls(**section)  # type: ignore[arg-type]
         out.validate(where)
         return out
 
@@ -186,20 +192,27 @@ def train_ae(train_images: Sequence[str | os.PathLike], val_images: Sequence[str
              logger: logging.Logger | None = None) -> None:
     """Train (or resume training) the autoencoder with MSE on healthy images; write model, CSV log, figure.
 
-    The val loss is the same MSE, of the EMA weights on the first ``val_images`` val images.
+    The val loss is the same MSE, of the EMA weights on the first ``val_images`` val images. With
+    ``early_stopping`` training ends once that loss stops improving (at most ``steps`` steps) and the model
+    file holds the best-validated EMA weights, with ``best_step``, ``best_val_loss`` and ``stopped_at``
+    (0: it ran to ``steps``).
     """
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
     # 1 thread, the rule's: its bits then do not depend on the cores a scheduler grants (training.fixed_cpu_threads)
-    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger, cpu_threads=1)
+    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger, cpu_threads=1,
+                           early_stopping=cfg.early_stopping)
 
     def batch_loss(model: nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
         return reconstruction_loss(model, trainer.draw(gen, cfg.batch_size).to(trainer.device)), {}
 
     net = trainer.train(lambda: AeNet(trainer.data.in_channels, trainer.data.shape, cfg), batch_loss,
                         reconstruction_loss, [torch.from_numpy(trainer.data.val)], cfg.network())
+    stop = trainer.stopping
+    fields = ({"best_step": stop.best_step, "best_val_loss": stop.best_val, "stopped_at": stop.stopped_at}
+              if cfg.early_stopping is not None else {})
     trainer.write(net, model_out, log_out, figure_out, functools.partial(plot_training_log, cfg=cfg), MODEL_FORMAT,
-                  cfg.network())
+                  cfg.network(), **fields)
 
 
 def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfig) -> None:
