@@ -426,7 +426,7 @@ class EarlyStopping:
     evaluation "in a row" means: keep it.)
     """
 
-    patience: int
+    patience: int = 4
     min_delta: float = 0.0
 
     @classmethod

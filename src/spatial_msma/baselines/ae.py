@@ -68,13 +68,17 @@ class AeConfig(LoopSettings):
     """The ``ae`` config section: the loop's settings (:class:`~spatial_msma.training.LoopSettings`) and the
     autoencoder's.
 
-    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, a 20-minute budget
+    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, a 25-minute budget
     for the whole DAG of which this stage gets a few minutes): channels (16, 32, 64), 2 residual subunits
-    and latent 8 at batch 4 for 300 steps is what fits that share (step times in benchmarks/README.md), and
-    it shows each of the ~40 training images about 30 times; a heatmap is one forward pass. The trade-off:
-    the reconstruction error of healthy tissue keeps falling well past a few hundred steps, so a longer or
-    wider run (a GPU, the paper's 2 mm grid, tens of thousands of steps) sharpens healthy reconstructions
-    and lowers false positives along edges, at linear cost.
+    and latent 8 at batch 4; a heatmap is one forward pass. Training runs until its validation loss (the EMA
+    weights on the lesion-free val images, every ``val_every`` steps) stops improving -- ``early_stopping``:
+    ``patience`` evaluations without an improvement larger than ``min_delta`` -- and writes the
+    best-validated weights; ``steps`` is the budget cap. On the default cohort the val loss still falls
+    at 1500 steps (by ~0.5 % per 25 steps: benchmarks/README.md), so there the cap of 600 steps binds
+    (about 2.3 minutes on one core, within the score network's 4 minutes of training); early stopping ends
+    the longer runs (the paper config's ``steps: 50000``) where the healthy reconstructions stop improving
+    rather than where the budget says. ``early_stopping: null`` runs all ``steps`` and writes the last EMA
+    weights.
     ``latent_channels`` sets the bottleneck width (compression): too wide and lesions are reconstructed too.
     """
 
@@ -83,10 +87,10 @@ class AeConfig(LoopSettings):
     num_res_units: int = 2
     latent_channels: int = 8
     error: str = "abs"
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 4
     ema_decay: float = 0.99
-    early_stopping: EarlyStopping | None = None
+    early_stopping: EarlyStopping | None = EarlyStopping()
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:

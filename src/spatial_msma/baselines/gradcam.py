@@ -119,14 +119,14 @@ class GradcamConfig:
     n_components: int | str = "auto"
     max_components: int = 4
     cv_folds: int = 5
-    covariance_type: str = "full"
+    covariance_type: str = "diag"
     reg_covar: float = 1e-3
     standardise: bool = True
     layer: str = "auto"
     guided_silu: bool = True
-    layer_input: bool = True
-    rectify_per_level: bool = True
-    signed_product: bool = True
+    layer_input: bool = False
+    rectify_per_level: bool = False
+    signed_product: bool = False
     device: str = "auto"
 
     @classmethod
