@@ -229,10 +229,12 @@ def test_early_stopping_stops_after_patience_evaluations_and_writes_the_best_wei
     assert same_weights(weights(tmp_path / "capped" / "model.pt"), weights(tmp_path / "best" / "model.pt"))
 
 
-def test_early_stopping_needs_validation_images(data, tmp_path):
-    with pytest.raises(InputError, match="early stopping needs validation images"):
-        train_ae(data["train"], [], tmp_path / "m.pt", tmp_path / "l.csv", None, tmp_path / "ck",
-                 {**CFG, "early_stopping": {"patience": 2}}, 1)
+def test_without_validation_images_early_stopping_is_off_and_all_steps_run(data, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="noval")
+    train_ae(data["train"], [], tmp_path / "m.pt", tmp_path / "l.csv", None, tmp_path / "ck",
+             {**CFG, "early_stopping": {"patience": 1, "min_delta": NO_GAIN}}, 1, logging.getLogger("noval"))
+    assert "no early stopping" in caplog.text
+    assert pd.read_csv(tmp_path / "l.csv")["step"].tolist() == list(range(1, 13))
 
 
 def test_killed_early_stopping_run_resumes_its_stopping_state_and_matches_an_uninterrupted_one(data, tmp_path,

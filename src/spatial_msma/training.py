@@ -516,7 +516,8 @@ class ImageTrainer:
         self.fingerprint = fingerprint(cfg.to_dict(), seed, **self.data.identity())
         self.resumed = resume_or_start(self.checkpoints, self.fingerprint, logger)
         if early_stopping is not None and not len(self.data.val):
-            raise InputError(f"{label}: early stopping needs validation images (val_images > 0 and a val set)")
+            logger.warning("%s: no validation images, so no early stopping: all %d steps run", label, cfg.steps)
+            self.early_stopping = None
         self.log_path = self.checkpoints.directory / "training_log.csv"
         self._train = torch.from_numpy(self.data.train)
 
