@@ -188,3 +188,73 @@ def test_write_heatmaps_names_files_by_subject_with_the_image_affine(data, train
     image, _ = io.read_channels(data["val"][0])
     expected = np.where(brain_mask(), raw_heatmap(image, ae_reconstruction(model, image), "squared"), 0.0)
     assert np.allclose(np.asarray(img.dataobj), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Early stopping on the lesion-free validation images
+
+NO_GAIN = 1e9  # a min_delta no improvement can beat: the first evaluation stays the best
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"early_stopping": {"patience": 0}}, "early_stopping.patience"),
+    ({"early_stopping": {"patience": 2, "min_delta": -1}}, "early_stopping.min_delta"),
+    ({"early_stopping": {"patiense": 2}}, "patiense"),
+    ({"early_stopping": 5}, "early_stopping"),
+])
+def test_early_stopping_config_errors_name_the_key(bad, key):
+    with pytest.raises(InputError, match=key):
+        AeConfig.from_dict(bad)
+
+
+def test_early_stopping_stops_after_patience_evaluations_and_writes_the_best_weights(data, tmp_path):
+    """With no improvement possible after the first evaluation (step 4), patience 2 stops at step 12 (evaluations
+    at 8 and 12 not better), and the model file holds the EMA weights of step 4: those of a 4-step run."""
+    stopping = {**CFG, "steps": 400, "early_stopping": {"patience": 2, "min_delta": NO_GAIN}}
+    run(data, tmp_path / "stopped", stopping)
+    log = pd.read_csv(tmp_path / "stopped" / "log.csv")
+    assert log["step"].tolist() == list(range(1, 13))
+    model = load_ae_model(tmp_path / "stopped" / "model.pt")
+    assert (model.meta["best_step"], model.meta["stopped_at"]) == (4, 12)
+    assert model.meta["best_val_loss"] == pytest.approx(log["val_loss"].dropna().iloc[0])
+    run(data, tmp_path / "four", {**CFG, "steps": 4})
+    assert same_weights(weights(tmp_path / "stopped" / "model.pt"), weights(tmp_path / "four" / "model.pt"))
+    # patience 3 > the 3 evaluations of a 12-step run: it runs to the cap, and writes the weights of its best
+    # evaluation: those of a run that ends there
+    run(data, tmp_path / "capped", {**CFG, "early_stopping": {"patience": 3}})
+    capped = load_ae_model(tmp_path / "capped" / "model.pt").meta
+    val = pd.read_csv(tmp_path / "capped" / "log.csv").set_index("step")["val_loss"].dropna()
+    assert capped["stopped_at"] == 0 and capped["best_step"] == val.idxmin()
+    run(data, tmp_path / "best", {**CFG, "steps": int(val.idxmin())})
+    assert same_weights(weights(tmp_path / "capped" / "model.pt"), weights(tmp_path / "best" / "model.pt"))
+
+
+def test_without_validation_images_early_stopping_is_off_and_all_steps_run(data, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="noval")
+    train_ae(data["train"], [], tmp_path / "m.pt", tmp_path / "l.csv", None, tmp_path / "ck",
+             {**CFG, "early_stopping": {"patience": 1, "min_delta": NO_GAIN}}, 1, logging.getLogger("noval"))
+    assert "no early stopping" in caplog.text
+    assert pd.read_csv(tmp_path / "l.csv")["step"].tolist() == list(range(1, 13))
+
+
+def test_killed_early_stopping_run_resumes_its_stopping_state_and_matches_an_uninterrupted_one(data, tmp_path,
+                                                                                               caplog):
+    """The best weights and the count of evaluations without improvement live in the checkpoints: a run
+    killed after its first checkpoint stops at the same step (164 = 4 + 40 x 4) with the same bytes."""
+    cfg = {**CFG, "steps": 400, "checkpoint_every": 4, "val_every": 4,
+           "early_stopping": {"patience": 40, "min_delta": NO_GAIN}}
+    out = tmp_path / "killed"
+    out.mkdir()
+    args = {"train_images": data["train"], "val_images": data["val"], "model_out": str(out / "model.pt"),
+            "log_out": str(out / "log.csv"), "figure_out": None, "checkpoint_dir": str(out / "ck"),
+            "cfg": cfg, "seed": 7}
+    killed_at = kill_after_first_checkpoint("spatial_msma.baselines.ae", "train_ae", args, out / "ck")
+    assert 4 <= killed_at < 164, "killed too late to test the resumed stopping state"
+    caplog.set_level(logging.INFO, logger="rerun")
+    train_ae(**args, logger=logging.getLogger("rerun"))
+    assert f"(step {killed_at})" in caplog.text and "stopped early at step 164" in caplog.text
+    run(data, tmp_path / "straight", cfg)
+    assert pd.read_csv(out / "log.csv")["step"].tolist() == list(range(1, 165))
+    for name in ("model.pt", "log.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    assert load_ae_model(out / "model.pt").meta["best_step"] == 4

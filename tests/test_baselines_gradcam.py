@@ -1,11 +1,13 @@
 """GradCAM-MSMA for real on a tiny score network: the torch GMM equals sklearn's, the guided rule on SiLU, the
 NLL equals image-level MSMA on the cache, and Guided Grad-CAM heatmaps are masked, nonzero and deterministic."""
 
+import copy
+
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from captum.attr import GuidedBackprop
+from captum.attr import GuidedBackprop, LayerGradCam
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
@@ -15,6 +17,7 @@ from spatial_msma.baselines.gradcam import (
     GuidedSiluBackprop,
     TorchGmm,
     build_detector,
+    choose_components,
     fit_gradcam_gmm,
     gradcam_heatmap,
     load_gradcam_detector,
@@ -42,6 +45,13 @@ NET_CFG = NetworkConfig.from_dict({"channels": [8, 8], "norm_num_groups": 4, "nu
     ({"n_components": "two"}, "n_components"),
     ({"reg_covar": 0}, "reg_covar"),
     ({"guided_silu": "yes"}, "guided_silu"),
+    ({"n_components": "many"}, "n_components"),
+    ({"max_components": 0}, "max_components"),
+    ({"cv_folds": 1}, "cv_folds"),
+    ({"standardise": "yes"}, "standardise"),
+    ({"layer_input": 1}, "layer_input"),
+    ({"rectify_per_level": None}, "rectify_per_level"),
+    ({"signed_product": "no"}, "signed_product"),
 ])
 def test_config_errors_name_the_key(bad, key):
     with pytest.raises(InputError, match=key):
@@ -65,6 +75,42 @@ def test_torch_gmm_log_density_equals_sklearn_score_samples(covariance_type):
     bumped[0, 2] += eps
     fd = (gmm.score_samples(bumped) - gmm.score_samples(test[:1]))[0] / eps
     assert grad[0, 2].item() == pytest.approx(fd, rel=1e-4)
+
+
+def test_standardised_torch_gmm_equals_sklearn_on_standardised_features_and_its_gradient_flows():
+    """Near-copy features (as the score norms of neighbouring levels): the GMM is fitted on the z-scored
+    features, and the torch density applied to RAW features equals score_samples of the z-scored ones."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(4.7, 0.03, (40, 1))
+    raw = base + rng.normal(0, 0.002, (40, 3)) * np.array([1.0, 2.0, 0.5])
+    shift, scale = raw.mean(0), raw.std(0)
+    z = (raw - shift) / scale
+    gmm = GaussianMixture(2, covariance_type="full", reg_covar=1e-3, random_state=0).fit(z)
+    torch_gmm = TorchGmm.from_sklearn(gmm, shift, scale)
+    test = base[:10] + rng.normal(0, 0.004, (10, 3))
+    np.testing.assert_allclose(torch_gmm(torch.from_numpy(test)).numpy(), gmm.score_samples((test - shift) / scale),
+                               rtol=1e-10, atol=1e-9)
+    f = torch.from_numpy(test[:1]).requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch_gmm(f).sum(), f)
+    eps = 1e-7
+    bumped = test[:1].copy()
+    bumped[0, 1] += eps
+    fd = (gmm.score_samples((bumped - shift) / scale) - gmm.score_samples((test[:1] - shift) / scale))[0] / eps
+    assert grad[0, 1].item() == pytest.approx(fd, rel=1e-4)
+    with pytest.raises(InputError, match="scales positive"):
+        TorchGmm.from_sklearn(gmm, shift, -scale)
+
+
+@pytest.mark.parametrize("n_clusters", [1, 3])
+def test_cross_validation_picks_the_number_of_well_separated_clusters(n_clusters):
+    rng = np.random.default_rng(n_clusters)
+    centres = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])[:n_clusters]
+    features = np.concatenate([rng.normal(c, 1.0, (30, 2)) for c in centres])
+    cfg = GradcamConfig.from_dict({"n_components": "auto", "max_components": 5, "cv_folds": 5})
+    k, scores = choose_components(features, cfg, seed=0)
+    assert k == n_clusters and scores.shape == (5,) and np.nanargmax(scores) == n_clusters - 1
+    again = choose_components(features, cfg, seed=0)
+    assert again[0] == k and np.array_equal(again[1], scores)  # seeded folds: deterministic
 
 
 def _manual_guided_gradient(conv1, act, conv2, x, rule):
@@ -147,14 +193,24 @@ def setup(tmp_path_factory):
 
 
 def test_nll_through_the_network_equals_image_level_msma_on_the_cache(setup):
+    """The fitted file holds the training mean and SD of the log norms; the NLL through the network equals
+    sklearn's on the standardised cache features."""
     np.testing.assert_allclose(setup["gmm_sigmas"], setup["sigmas"])
+    with np.load(setup["out"] / "gmm.npz") as data:
+        train = image_features(np.stack([np.load(p)["image_norms"] for p in sorted(
+            (setup["out"] / "norms").glob("sub-*.npz"))]), np.arange(3))
+        np.testing.assert_allclose(data["feature_shift"], train.mean(0))
+        np.testing.assert_allclose(data["feature_scale"], train.std(0))
+        assert data["cv_loglik"].shape == (GradcamConfig().max_components,)
     detector = build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.1")
     image = make_image(setup["rng"])
     _, whole = score_norms(setup["holder"], image, setup["sigmas"], "sum")
-    expected = -setup["sk"].score_samples(image_features(whole[None], np.arange(3)))[0]
+    with np.load(setup["out"] / "gmm.npz") as data:
+        z = (image_features(whole[None], np.arange(3)) - data["feature_shift"]) / data["feature_scale"]
+    expected = -setup["sk"].score_samples(z)[0]
     with torch.no_grad():
         got = float(detector.nll(torch.from_numpy(image)[None])[0])
-    assert got == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    assert got == pytest.approx(expected, rel=1e-3, abs=1e-3)  # float32 norms, divided by SDs of ~0.01
 
 
 def test_guided_gradcam_heatmap_is_masked_nonzero_deterministic_and_follows_the_layer(setup):
@@ -179,6 +235,50 @@ def test_guided_gradcam_heatmap_is_masked_nonzero_deterministic_and_follows_the_
     assert not np.allclose(gradcam_heatmap(plain, image, brain)[0], heat)
     with pytest.raises(InputError, match="does not match"):
         gradcam_heatmap(detector, image[:, :8], brain)
+
+
+def _anomalous_image(setup):
+    image = make_image(np.random.default_rng(9))
+    image[:, 6:10, 6:10, 6:10] += 1.0
+    return image
+
+
+def test_layer_input_is_the_output_of_the_block_before(setup):
+    """MONAI calls its up blocks with keywords (captum's layer-input hook sees none): the probe threads onto
+    ``hidden_states``, the output of the block before, so Grad-CAM at up_blocks.1's input is Grad-CAM at
+    up_blocks.0's output, and differs from Grad-CAM at up_blocks.1's output."""
+    net = copy.deepcopy(setup["net"])  # the probe hooks the network in place
+    image, brain = _anomalous_image(setup), brain_mask()
+    at_input = build_detector(net, setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.1", layer_input=True)
+    before = build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.0")
+    heat, nll = gradcam_heatmap(at_input, image, brain)
+    expected, expected_nll = gradcam_heatmap(before, image, brain)
+    np.testing.assert_allclose(heat, expected, rtol=1e-5, atol=1e-7 * np.abs(expected).max())
+    assert nll == pytest.approx(expected_nll) and heat.max() > 0
+    output = build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.1")
+    assert not np.allclose(gradcam_heatmap(output, image, brain)[0], heat)
+    assert "(input)" in at_input.settings()
+
+
+@pytest.mark.parametrize("per_level, signed", [(False, False), (True, False), (False, True), (True, True)])
+def test_rectification_and_sign_of_the_product_are_wired_as_named(setup, per_level, signed):
+    """The heatmap from captum's pieces by hand: per-level Grad-CAM maps (unrectified), rectified per level or
+    after their sum, times the guided gradient, summed over channels signed or in absolute value."""
+    image, brain = _anomalous_image(setup), brain_mask()
+    detector = build_detector(setup["net"], setup["gmm"], setup["gmm_sigmas"], "unet.up_blocks.1",
+                              rectify_per_level=per_level, signed_product=signed)
+    x = torch.from_numpy(image)[None].requires_grad_(True)
+    cams = LayerGradCam(detector.nll, detector.layer).attribute(x, relu_attributions=False)  # (L, 1, ...)
+    cam = torch.relu(cams).sum(0) if per_level else torch.relu(cams.sum(0))
+    guided = GuidedSiluBackprop(detector.nll).attribute(x)[0]
+    product = (cam * guided).sum(0) if signed else (cam * guided).abs().sum(0)
+    expected = np.where(brain, product.detach().numpy(), 0.0)
+    heat = gradcam_heatmap(detector, image, brain)[0]
+    np.testing.assert_allclose(heat, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+    if signed:
+        assert (heat < 0).any() and (heat > 0).any()
+    else:
+        assert (heat >= 0).all()
 
 
 def test_auto_layer_is_the_last_decoder_block_and_an_unknown_layer_is_named(setup):

@@ -15,7 +15,7 @@ from typing import Any
 HEATMAP_ONLY: dict[str, tuple[str, ...]] = {
     "flow": ("one_sided", "mode_stride", "heatmap_jacobian"),
     "ae": ("error",),
-    "gradcam_msma": ("layer", "guided_silu"),
+    "gradcam_msma": ("layer", "guided_silu", "layer_input", "rectify_per_level", "signed_product"),
 }
 
 #: Keys both the training and the heatmap jobs of a section read (where to run, how much per pass).

@@ -14,7 +14,8 @@ library versions give identical bytes; another machine only where its CPU dispat
 (same instruction set; oneDNN also sizes its blocks by the caches). CUDA runs are reproducible only up to
 float rounding (:func:`set_deterministic`).
 
-The models trained on whole images (score network, AE) share one loop, :class:`ImageTrainer`; the flow,
+The models trained on whole images (score network, AE) share one loop, :class:`ImageTrainer` (optionally
+with early stopping on the validation loss, :class:`EarlyStopping`: the AE uses it); the flow,
 which samples voxels and keeps the best validated weights, has its own loop built from the same pieces
 (:func:`make_ema`, :func:`fingerprint`, :class:`CheckpointDir`, :func:`training_state`).
 """
@@ -29,7 +30,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,67 @@ class LoopSettings:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop :class:`ImageTrainer` once the validation loss (of the EMA weights, every ``val_every`` steps) has
+    not improved on its best by more than ``min_delta`` for ``patience`` evaluations in a row; the weights
+    returned are then the best-validated EMA weights, not the last. ``steps`` stays the budget cap.
+
+    The stopping state (best loss and step, evaluations without improvement, the best weights, whether it
+    stopped) lives in every checkpoint, so a resumed run stops where an uninterrupted one does and returns
+    the same bytes. (``val_every`` may still differ on resume, as for any run, but it then changes what an
+    evaluation "in a row" means: keep it.)
+    """
+
+    patience: int = 4
+    min_delta: float = 0.0
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, object] | None, where: str) -> EarlyStopping | None:
+        """The ``early_stopping`` mapping of a config section, or None for null (no early stopping)."""
+        if cfg is None:
+            return None
+        if isinstance(cfg, EarlyStopping):
+            return cfg
+        if not isinstance(cfg, Mapping):
+            raise InputError(f"config {where}: expected a mapping {{patience, min_delta}} or null, got {cfg!r}")
+        out = cls(**io.config_section(cls, cfg, where))  # type: ignore[arg-type]
+        check_number(out.patience, f"{where}.patience", 1, integer=True)
+        check_number(out.min_delta, f"{where}.min_delta", 0)
+        return out
+
+
+@dataclass
+class StoppingState:
+    """Where early stopping stands: the best validation loss and its step, evaluations since, the best
+    weights (a copy of the EMA state) and whether training stopped (``stopped_at``, 0 while it runs)."""
+
+    best_val: float = float("inf")
+    best_step: int = 0
+    bad_evals: int = 0
+    stopped_at: int = 0
+    best_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def update(self, step: int, val: float, ema: nn.Module, rule: EarlyStopping) -> bool:
+        """Record the evaluation at ``step``; True when training must stop here."""
+        if val < self.best_val - rule.min_delta:
+            self.best_val, self.best_step, self.bad_evals = val, step, 0
+            self.best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        if self.bad_evals >= rule.patience:
+            self.stopped_at = step
+        return bool(self.stopped_at)
+
+    def to_state(self) -> dict[str, object]:
+        return {"best_val": self.best_val, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "stopped_at": self.stopped_at, "best_state": self.best_state}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object] | None) -> StoppingState:
+        return cls() if state is None else cls(**state)  # type: ignore[arg-type]
+
+
 #: ``(model, step, generator) -> (loss, log fields)``: the loss of one training batch, drawn from
 #: ``generator``, and the per-step values the model adds to the CSV log (e.g. a batch size that changes).
 BatchLoss = Callable[[nn.Module, int, torch.Generator], tuple[torch.Tensor, Mapping[str, object]]]
@@ -430,7 +492,8 @@ class ImageTrainer:
     an EMA copy (the weights that are validated and written), a CSV log, a checkpoint every
     ``checkpoint_every`` steps, progress lines. Constructing it loads the images and finds the checkpoint
     to resume (:attr:`resumed`, ``None`` for a fresh run), so a model can read what it stored there before
-    it trains.
+    it trains. With ``early_stopping`` (:class:`EarlyStopping`) training ends once the validation loss stops
+    improving and the best-validated EMA weights are returned; :attr:`stopping` then tells where it stopped.
 
     ``cpu_threads``: the intra-op thread count of a CPU run, whatever the script was granted
     (:func:`fixed_cpu_threads`), so that the weights do not depend on the scheduler; ``None`` keeps the
@@ -439,9 +502,11 @@ class ImageTrainer:
 
     def __init__(self, label: str, cfg: LoopSettings, seed: int, train_images: Sequence[str | os.PathLike],
                  val_images: Sequence[str | os.PathLike], checkpoint_dir: str | os.PathLike, logger: logging.Logger,
-                 cpu_threads: int | None = None):
+                 cpu_threads: int | None = None, early_stopping: EarlyStopping | None = None):
         self.label, self.cfg, self.seed, self.logger = label, cfg, int(seed), logger
         self.cpu_threads = cpu_threads
+        self.early_stopping = early_stopping
+        self.stopping = StoppingState()
         self.device = resolve_device(cfg.device)
         set_deterministic(self.device)
         self.data = TrainingImages.load(as_path_list(train_images), as_path_list(val_images)[: cfg.val_images], label)
@@ -450,6 +515,9 @@ class ImageTrainer:
         self.checkpoints = CheckpointDir(checkpoint_dir, keep=cfg.keep_checkpoints)
         self.fingerprint = fingerprint(cfg.to_dict(), seed, **self.data.identity())
         self.resumed = resume_or_start(self.checkpoints, self.fingerprint, logger)
+        if early_stopping is not None and not len(self.data.val):
+            logger.warning("%s: no validation images, so no early stopping: all %d steps run", label, cfg.steps)
+            self.early_stopping = None
         self.log_path = self.checkpoints.directory / "training_log.csv"
         self._train = torch.from_numpy(self.data.train)
 
@@ -496,8 +564,12 @@ class ImageTrainer:
         log = CsvLog(self.log_path, ("step", *log_fields, "lr", "train_loss", "val_loss"))
         self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
         start = 0
+        rule, stopping = self.early_stopping, StoppingState()
         if self.resumed is not None:
             start = restore_training_state(self.resumed, model, optimizer, scheduler, ema, generators)
+            if rule is not None:
+                stopping = StoppingState.from_state(self.resumed.get("early_stopping"))  # type: ignore[arg-type]
+        self.stopping = stopping
         log.truncate(start)
         n_params = sum(p.numel() for p in model.parameters())
         self.logger.info("%s: network %s, %.3g M parameters; steps %d..%d", self.label, network, n_params / 1e6,
@@ -505,7 +577,7 @@ class ImageTrainer:
         extra = {"fingerprint": self.fingerprint, **checkpoint_extra}
         progress = Progress(cfg.steps, self.label, self.logger, start=start)
         recent: list[float] = []
-        for step in range(start, cfg.steps):
+        for step in range(start, cfg.steps if not stopping.stopped_at else start):
             model.train()
             loss, fields = batch_loss(model, step, generators["train"])
             optimizer.zero_grad(set_to_none=True)
@@ -520,14 +592,27 @@ class ImageTrainer:
             recent.append(loss_value)
             done = step + 1
             val = None
+            stop = False
             if len(self.data.val) and (done % cfg.val_every == 0 or done == cfg.steps):
                 val = self.validate(ema.module, val_loss, val_batch)
+                stop = rule is not None and stopping.update(done, val, ema.module, rule)
             if done % cfg.log_every == 0 or done == cfg.steps or val is not None:
                 log.append({"step": done, **fields, "lr": lr, "train_loss": float(np.mean(recent)), "val_loss": val})
                 recent = []
             progress.update(done, loss=loss_value, **({"val_loss": val} if val is not None else {}))
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                self.checkpoints.save(done, training_state(done, model, optimizer, scheduler, ema, generators, **extra))
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
+                state_extra = {**extra, **({"early_stopping": stopping.to_state()} if rule is not None else {})}
+                self.checkpoints.save(done, training_state(done, model, optimizer, scheduler, ema, generators,
+                                                           **state_extra))
+            if stop:
+                self.logger.info("%s: stopped early at step %d: val loss not better than %.6g (step %d) by more "
+                                 "than %g for %d evaluations", self.label, done, stopping.best_val,
+                                 stopping.best_step, rule.min_delta, rule.patience)  # type: ignore[union-attr]
+                break
+        if rule is not None and stopping.best_state is not None:
+            ema.module.load_state_dict(stopping.best_state)  # the best-validated EMA weights
+            self.logger.info("%s: writing the EMA weights of step %d (val loss %.6g)", self.label,
+                             stopping.best_step, stopping.best_val)
         return ema.module
 
     def write(self, net: nn.Module, model_out: str | os.PathLike, log_out: str | os.PathLike,

@@ -47,6 +47,7 @@ from torch import nn
 from spatial_msma.baselines.residual import ERRORS
 from spatial_msma.io import InputError, check_number, check_numbers, config_section, plain_dict
 from spatial_msma.training import (
+    EarlyStopping,
     ImageTrainer,
     LoopSettings,
     VolumeNet,
@@ -68,13 +69,17 @@ class AeConfig(LoopSettings):
     """The ``ae`` config section: the loop's settings (:class:`~spatial_msma.training.LoopSettings`) and the
     autoencoder's.
 
-    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, a 20-minute budget
+    Sized for the default config (4 mm, 40 x 48 x 40, 2 channels, 2 shared CPU cores, a 25-minute budget
     for the whole DAG of which this stage gets a few minutes): channels (16, 32, 64), 2 residual subunits
-    and latent 8 at batch 4 for 300 steps is what fits that share (step times in benchmarks/README.md), and
-    it shows each of the ~40 training images about 30 times; a heatmap is one forward pass. The trade-off:
-    the reconstruction error of healthy tissue keeps falling well past a few hundred steps, so a longer or
-    wider run (a GPU, the paper's 2 mm grid, tens of thousands of steps) sharpens healthy reconstructions
-    and lowers false positives along edges, at linear cost.
+    and latent 8 at batch 4; a heatmap is one forward pass. Training runs until its validation loss (the EMA
+    weights on the lesion-free val images, every ``val_every`` steps) stops improving -- ``early_stopping``:
+    ``patience`` evaluations without an improvement larger than ``min_delta`` -- and writes the
+    best-validated weights; ``steps`` is the budget cap. On the default cohort the val loss still falls
+    at 1500 steps (by ~0.5 % per 25 steps: benchmarks/README.md), so there the cap of 600 steps binds
+    (about 2.3 minutes on one core, within the score network's 4 minutes of training); early stopping ends
+    the longer runs (the paper config's ``steps: 50000``) where the healthy reconstructions stop improving
+    rather than where the budget says. ``early_stopping: null`` runs all ``steps`` and writes the last EMA
+    weights.
     ``latent_channels`` sets the bottleneck width (compression): too wide and lesions are reconstructed too.
     """
 
@@ -83,13 +88,18 @@ class AeConfig(LoopSettings):
     num_res_units: int = 2
     latent_channels: int = 8
     error: str = "abs"
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 4
     ema_decay: float = 0.99
+    early_stopping: EarlyStopping | None = EarlyStopping()
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None, where: str = "ae") -> AeConfig:
-        out = cls(**config_section(cls, cfg, where, lists=("channels", "strides")))  # type: ignore[arg-type]
+        section = config_section(cls, cfg, where, lists=("channels", "strides"))
+        if "early_stopping" in section:
+            section["early_stopping"] = EarlyStopping.from_dict(section["early_stopping"],  # type: ignore[arg-type]
+                                                                f"{where}.early_stopping")
+        out = cls(**section)  # type: ignore[arg-type]
         out.validate(where)
         return out
 
@@ -174,20 +184,27 @@ def train_ae(train_images: Sequence[str | os.PathLike], val_images: Sequence[str
              logger: logging.Logger | None = None) -> None:
     """Train (or resume training) the autoencoder with MSE on healthy images; write model, CSV log, figure.
 
-    The val loss is the same MSE, of the EMA weights on the first ``val_images`` val images.
+    The val loss is the same MSE, of the EMA weights on the first ``val_images`` val images. With
+    ``early_stopping`` training ends once that loss stops improving (at most ``steps`` steps) and the model
+    file holds the best-validated EMA weights, with ``best_step``, ``best_val_loss`` and ``stopped_at``
+    (0: it ran to ``steps``).
     """
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, AeConfig) else AeConfig.from_dict(cfg)
     # 1 thread, the rule's: its bits then do not depend on the cores a scheduler grants (training.fixed_cpu_threads)
-    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger, cpu_threads=1)
+    trainer = ImageTrainer("AE training", cfg, seed, train_images, val_images, checkpoint_dir, logger, cpu_threads=1,
+                           early_stopping=cfg.early_stopping)
 
     def batch_loss(model: nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, object]]:
         return reconstruction_loss(model, trainer.draw(gen, cfg.batch_size).to(trainer.device)), {}
 
     net = trainer.train(lambda: AeNet(trainer.data.in_channels, trainer.data.shape, cfg), batch_loss,
                         reconstruction_loss, [torch.from_numpy(trainer.data.val)], cfg.network())
+    stop = trainer.stopping
+    fields = ({"best_step": stop.best_step, "best_val_loss": stop.best_val, "stopped_at": stop.stopped_at}
+              if cfg.early_stopping is not None else {})
     trainer.write(net, model_out, log_out, figure_out, functools.partial(plot_training_log, cfg=cfg), MODEL_FORMAT,
-                  cfg.network())
+                  cfg.network(), **fields)
 
 
 def plot_training_log(frame: pd.DataFrame, path: str | os.PathLike, cfg: AeConfig) -> None:

@@ -24,7 +24,29 @@ times ``GuidedBackprop``):
   its input -- the ordinary one, ``g * silu'(z)`` -- is clamped at zero, exactly what captum does to a
   ReLU's ``g * 1[z > 0]``. The forward pass is untouched (swapping SiLU for ReLU would explain a
   different network); ``guided_silu: false`` gives the unguided gradient for comparison.
-- Heatmap = sum over channels of |Grad-CAM x guided gradient|, 0 outside the brain mask.
+- Heatmap = sum over channels of Grad-CAM x guided gradient (signed, or its absolute value), 0 outside the
+  brain mask.
+
+The density and the attribution details are switches (config ``gradcam_msma``), each defaulting to what the
+lesioned validation split preferred (benchmarks/README.md, "GradCAM-MSMA density and attribution"):
+
+- ``standardise``: z-score the log norms with the training mean and SD before the GMM (the authors do). The
+  log norms of neighbouring levels are near copies (correlation ~0.99) with SDs of a few hundredths: a full
+  covariance on the raw features is near singular, and ``reg_covar`` (added to the covariance diagonal)
+  means nothing without a feature scale. Standardised, ``reg_covar`` is a shrinkage relative to each
+  feature's variance. :class:`TorchGmm` applies the same affine map, so the gradients flow through it.
+- ``n_components: auto``: the number of components (1..``max_components``) with the best ``cv_folds``-fold
+  cross-validated held-out log-likelihood on the training features (seeded folds; the smallest on ties),
+  as the authors pick it; an integer fixes it.
+- ``layer_input``: Grad-CAM at the layer's INPUT (its first tensor argument: for a MONAI up block the
+  ``hidden_states`` from the block before, not the skip connections), as the authors' captum call
+  ``LayerGradCam(..., attribute_to_layer_input=True)``. MONAI calls its blocks with keyword arguments,
+  which captum's input hook cannot see, so an identity probe module is threaded onto that argument
+  (:class:`LayerInputProbe`) and Grad-CAM looks at the probe's output -- the same tensor.
+- ``rectify_per_level``: rectify each level's Grad-CAM map before adding the levels (the authors' per-level
+  maps) instead of rectifying their sum (the Grad-CAM of the concatenated layer).
+- ``signed_product``: keep the sign of Grad-CAM x guided gradient (summed over channels) instead of its
+  absolute value; the authors' Guided Grad-CAM is the signed product.
 """
 
 from __future__ import annotations
@@ -42,10 +64,11 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam
 from sklearn.mixture import GaussianMixture
+from sklearn.model_selection import KFold
 from torch import nn
 
 from spatial_msma import io
-from spatial_msma.io import InputError, config_section
+from spatial_msma.io import InputError, check_number, config_section
 from spatial_msma.score.msma import (
     COVARIANCE_TYPES,
     NORM_FLOOR,
@@ -61,8 +84,14 @@ from spatial_msma.training import resolve_device
 if TYPE_CHECKING:
     from spatial_msma.detector import Case
 
-#: Tag of a GMM file written by :func:`fit_gradcam_gmm`.
-GMM_FORMAT = "spatial_msma.gradcam_gmm.v1"
+#: Tag of a GMM file written by :func:`fit_gradcam_gmm` (v2: the feature standardisation is stored).
+GMM_FORMAT = "spatial_msma.gradcam_gmm.v2"
+
+#: Floor of a standardising SD: a constant feature is left unscaled instead of divided by zero.
+SD_FLOOR = 1e-12
+
+#: Switches that must be true or false.
+BOOL_KEYS = ("standardise", "guided_silu", "layer_input", "rectify_per_level", "signed_product")
 
 
 @dataclass(frozen=True)
@@ -87,28 +116,42 @@ class GradcamConfig:
     """
 
     n_levels: int | None = 3
-    n_components: int = 1
-    covariance_type: str = "full"
-    reg_covar: float = 1e-6
+    n_components: int | str = "auto"
+    max_components: int = 4
+    cv_folds: int = 5
+    covariance_type: str = "diag"
+    reg_covar: float = 1e-3
+    standardise: bool = True
     layer: str = "auto"
     guided_silu: bool = True
+    layer_input: bool = False
+    rectify_per_level: bool = False
+    signed_product: bool = False
     device: str = "auto"
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, object] | None) -> GradcamConfig:
         out = cls(**config_section(cls, cfg, "gradcam_msma"))  # type: ignore[arg-type]
+        if out.n_components != "auto":
+            check_number(out.n_components, "gradcam_msma.n_components", 1, integer=True)
+        check_number(out.max_components, "gradcam_msma.max_components", 1, integer=True)
+        check_number(out.cv_folds, "gradcam_msma.cv_folds", 2, integer=True)
         out.gmm_config().check("gradcam_msma")
         if not isinstance(out.layer, str) or not out.layer:
             raise InputError(f"config gradcam_msma.layer: expected a module name, got {out.layer!r}")
-        if not isinstance(out.guided_silu, bool):
-            raise InputError(f"config gradcam_msma.guided_silu: expected true or false, got {out.guided_silu!r}")
+        for key in BOOL_KEYS:
+            if not isinstance(getattr(out, key), bool):
+                raise InputError(f"config gradcam_msma.{key}: expected true or false, got {getattr(out, key)!r}")
         return out
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
-    def gmm_config(self) -> MsmaImageConfig:
-        return MsmaImageConfig(n_levels=self.n_levels, n_components=self.n_components,
+    def gmm_config(self, n_components: int | None = None) -> MsmaImageConfig:
+        """The GMM keys as ``msma_image``'s; ``n_components`` resolves ``auto`` (1 stands in for the checks)."""
+        if n_components is None:
+            n_components = 1 if self.n_components == "auto" else int(self.n_components)
+        return MsmaImageConfig(n_levels=self.n_levels, n_components=n_components,
                                covariance_type=self.covariance_type, reg_covar=self.reg_covar)
 
 
@@ -133,29 +176,44 @@ def full_precision_cholesky(gmm: GaussianMixture) -> np.ndarray:
 
 
 class TorchGmm(nn.Module):
-    """The log-density of a fitted Gaussian mixture in torch (float64), differentiable in its input."""
+    """The log-density of a fitted Gaussian mixture in torch (float64), differentiable in its input.
 
-    def __init__(self, weights: np.ndarray, means: np.ndarray, precision_cholesky: np.ndarray):
+    ``shift`` and ``scale`` (default 0 and 1) standardise the features first, ``(f - shift) / scale``, as
+    the GMM was fitted: the value is then ``score_samples`` of the standardised features (the log-density
+    of the raw ones less the constant ``sum(log scale)``, which no gradient sees).
+    """
+
+    def __init__(self, weights: np.ndarray, means: np.ndarray, precision_cholesky: np.ndarray,
+                 shift: np.ndarray | None = None, scale: np.ndarray | None = None):
         super().__init__()
         k, d = np.shape(means)
         if np.shape(weights) != (k,) or np.shape(precision_cholesky) != (k, d, d):
             raise InputError(f"GMM parameters: weights {np.shape(weights)}, means {np.shape(means)} and "
                              f"precision Cholesky factors {np.shape(precision_cholesky)} do not fit together")
+        shift = np.zeros(d) if shift is None else np.asarray(shift, np.float64)
+        scale = np.ones(d) if scale is None else np.asarray(scale, np.float64)
+        if shift.shape != (d,) or scale.shape != (d,) or not (scale > 0).all():
+            raise InputError(f"GMM standardisation: shift {shift.shape} and scale {scale.shape} must be {d} "
+                             "numbers each, the scales positive")
         self.register_buffer("log_weights", torch.log(torch.as_tensor(weights, dtype=torch.float64)))
         self.register_buffer("means", torch.as_tensor(means, dtype=torch.float64))
         self.register_buffer("prec_chol", torch.as_tensor(precision_cholesky, dtype=torch.float64))
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float64))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64))
 
     @classmethod
-    def from_sklearn(cls, gmm: GaussianMixture) -> TorchGmm:
-        return cls(gmm.weights_, gmm.means_, full_precision_cholesky(gmm))
+    def from_sklearn(cls, gmm: GaussianMixture, shift: np.ndarray | None = None,
+                     scale: np.ndarray | None = None) -> TorchGmm:
+        return cls(gmm.weights_, gmm.means_, full_precision_cholesky(gmm), shift, scale)
 
     @property
     def n_features(self) -> int:
         return int(self.means.shape[1])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, d) features -> (B,) log-density (what sklearn's ``score_samples`` returns)."""
-        f = features.to(torch.float64)
+        """(B, d) features -> (B,) log-density (what sklearn's ``score_samples`` returns on the standardised
+        features)."""
+        f = (features.to(torch.float64) - self.shift) / self.scale
         y = torch.einsum("bd,kde->bke", f, self.prec_chol) - torch.einsum("kd,kde->ke", self.means, self.prec_chol)
         log_det = torch.log(torch.diagonal(self.prec_chol, dim1=-2, dim2=-1)).sum(-1)
         log_gauss = -0.5 * (self.n_features * math.log(2 * math.pi) + y.pow(2).sum(-1)) + log_det
@@ -216,8 +274,57 @@ def _guided_rule(module: nn.Module, grad_input: tuple[torch.Tensor | None, ...],
     return tuple(None if g is None else F.relu(g) for g in grad_input)
 
 
+class LayerInputProbe(nn.Identity):
+    """An identity module threaded onto a layer's input, so that Grad-CAM of the probe's output is Grad-CAM
+    of the layer's input (captum's ``attribute_to_layer_input=True``, which only sees positional arguments:
+    MONAI calls its UNet blocks with keywords). :meth:`attach` hooks it onto the first tensor argument."""
+
+    def attach(self, layer: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        def thread(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args and torch.is_tensor(args[0]):
+                return (self(args[0]), *args[1:]), kwargs
+            for key, value in kwargs.items():
+                if torch.is_tensor(value):
+                    return args, {**kwargs, key: self(value)}
+            raise InputError(f"GradCAM-MSMA layer_input: {type(module).__name__} got no tensor input")
+
+        return layer.register_forward_pre_hook(thread, with_kwargs=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Fitting, loading, heatmaps
+
+
+def standardisation(features: np.ndarray, standardise: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale) of the features: the training mean and SD (ddof 0, as sklearn's ``StandardScaler``)
+    when ``standardise``, else 0 and 1."""
+    d = features.shape[1]
+    if not standardise:
+        return np.zeros(d), np.ones(d)
+    return features.mean(0), np.maximum(features.std(0), SD_FLOOR)
+
+
+def choose_components(features: np.ndarray, cfg: GradcamConfig, seed: int) -> tuple[int, np.ndarray]:
+    """The number of components (1..``max_components``) whose GMM has the best mean held-out log-likelihood
+    per image over ``cv_folds`` seeded folds of the training features; the smallest on ties (within 1e-9).
+    Returns it and the (max_components,) CV log-likelihoods (NaN where a fold is too small to fit)."""
+    folds = KFold(n_splits=min(cfg.cv_folds, len(features)), shuffle=True, random_state=seed)
+    scores = np.full(cfg.max_components, np.nan)
+    for k in range(1, cfg.max_components + 1):
+        held_out = []
+        for fit_rows, test_rows in folds.split(features):
+            if len(fit_rows) < max(k, 2):
+                break
+            gmm = fit_image_gmm(features[fit_rows], cfg.gmm_config(k), seed)
+            held_out.append(gmm.score_samples(features[test_rows]))
+        else:
+            scores[k - 1] = float(np.concatenate(held_out).mean())
+    if np.isnan(scores).all():
+        raise InputError(f"gradcam_msma.n_components auto: {len(features)} training images are too few to "
+                         f"cross-validate in {cfg.cv_folds} folds")
+    best = np.nanmax(scores)
+    return int(np.flatnonzero(scores >= best - 1e-9)[0]) + 1, scores
+
 
 
 def fit_gradcam_gmm(
@@ -227,14 +334,26 @@ def fit_gradcam_gmm(
     seed: int,
     logger: logging.Logger | None = None,
 ) -> GaussianMixture:
-    """Fit the image-level GMM on the train score-norm cache (the set's manifest) and write its parameters
-    (full-form precision Cholesky factors), the sigma levels and the train NLLs to ``out``."""
+    """Fit the image-level GMM on the train score-norm cache (the set's manifest) -- on the standardised log
+    norms with ``standardise``, with the cross-validated number of components with ``n_components: auto``
+    -- and write its parameters (full-form precision Cholesky factors), the standardisation, the sigma
+    levels, the CV log-likelihoods and the train NLLs to ``out``. Returns the sklearn GMM (of the
+    standardised features)."""
     logger = logger or logging.getLogger("spatial_msma")
     cfg = cfg if isinstance(cfg, GradcamConfig) else GradcamConfig.from_dict(cfg)
     norms = read_image_norms("train", train)
     levels = select_levels(len(norms.sigmas), cfg.n_levels)
-    features = image_features(norms.image_norms, levels)
-    gmm = fit_image_gmm(features, cfg.gmm_config(), seed)
+    raw = image_features(norms.image_norms, levels)
+    shift, scale = standardisation(raw, cfg.standardise)
+    features = (raw - shift) / scale
+    cv_loglik = np.array([])
+    if cfg.n_components == "auto":
+        n_components, cv_loglik = choose_components(features, cfg, seed)
+        logger.info("GradCAM-MSMA GMM: %d-fold CV log-likelihood per image for 1..%d components: %s -> %d",
+                    cfg.cv_folds, cfg.max_components, np.round(cv_loglik, 3).tolist(), n_components)
+    else:
+        n_components = int(cfg.n_components)
+    gmm = fit_image_gmm(features, cfg.gmm_config(n_components), seed)
     train_nll = -gmm.score_samples(features)
     with io.atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez(
@@ -244,44 +363,55 @@ def fit_gradcam_gmm(
             means=gmm.means_,
             precision_cholesky=full_precision_cholesky(gmm),
             covariance_type=np.array(gmm.covariance_type),
+            feature_shift=shift,
+            feature_scale=scale,
+            cv_loglik=cv_loglik,
             sigmas=norms.sigmas[levels].astype(np.float32),
             levels=levels,
             train_nll=train_nll,
             train_subjects=np.array(norms.subjects),
         )
-    logger.info("GradCAM-MSMA GMM: %d components (%s) on %d levels (sigma %.4g..%.4g) of %d train images; "
-                "train NLL %.3g +- %.3g", cfg.n_components, cfg.covariance_type, len(levels),
-                norms.sigmas[levels][0], norms.sigmas[levels][-1], len(features), train_nll.mean(), train_nll.std())
+    logger.info("GradCAM-MSMA GMM: %d components (%s, reg_covar %g, standardised %s) on %d levels (sigma "
+                "%.4g..%.4g) of %d train images; train NLL %.3g +- %.3g", n_components, cfg.covariance_type,
+                cfg.reg_covar, cfg.standardise, len(levels), norms.sigmas[levels][0], norms.sigmas[levels][-1],
+                len(features), train_nll.mean(), train_nll.std())
     return gmm
 
 
 def read_gradcam_gmm(path: str | os.PathLike) -> tuple[TorchGmm, np.ndarray]:
-    """The torch GMM and its sigma levels from a file of :func:`fit_gradcam_gmm`."""
+    """The torch GMM (with its standardisation) and its sigma levels from a file of :func:`fit_gradcam_gmm`."""
     try:
         with np.load(path) as data:
             content = {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"GradCAM-MSMA GMM {path}: unreadable ({type(err).__name__}: {err})") from err
     if str(content.get("format", "")) != GMM_FORMAT:
-        raise InputError(f"GradCAM-MSMA GMM {path}: not a {GMM_FORMAT} file")
-    gmm = TorchGmm(content["weights"], content["means"], content["precision_cholesky"])
+        raise InputError(f"GradCAM-MSMA GMM {path}: not a {GMM_FORMAT} file (refit it)")
+    gmm = TorchGmm(content["weights"], content["means"], content["precision_cholesky"], content["feature_shift"],
+                   content["feature_scale"])
     return gmm, content["sigmas"]
 
 
 @dataclass
 class GradcamDetector:
-    """GradCAM-MSMA's detector: the differentiable NLL and the Grad-CAM layer, all :func:`gradcam_heatmap` needs."""
+    """GradCAM-MSMA's detector: the differentiable NLL and the Grad-CAM layer (the layer itself, or the probe
+    on its input), all :func:`gradcam_heatmap` needs."""
 
     nll: MsmaNll
     layer: nn.Module
     layer_name: str
     guided_silu: bool = True
+    layer_input: bool = False
+    rectify_per_level: bool = False
+    signed_product: bool = False
     label: ClassVar[str] = "GradCAM-MSMA heatmaps"
     steps_per_image: ClassVar[int] = 1
 
     def settings(self) -> str:
-        return (f"layer {self.layer_name}, {len(self.nll.sigmas)} levels, guided SiLU {self.guided_silu}, "
-                f"device {self.nll.sigmas.device}")
+        rectified = "per level" if self.rectify_per_level else "after the level sum"
+        return (f"layer {self.layer_name} ({'input' if self.layer_input else 'output'}), {len(self.nll.sigmas)} "
+                f"levels, guided SiLU {self.guided_silu}, Grad-CAM rectified {rectified}, "
+                f"{'signed' if self.signed_product else 'absolute'} product, device {self.nll.sigmas.device}")
 
     def heatmap(self, case: Case) -> np.ndarray:
         return gradcam_heatmap(self, case.image, case.brain)[0]
@@ -298,9 +428,12 @@ def last_decoder_block(net: ScoreNet) -> str:
     return f"unet.up_blocks.{len(net.unet.up_blocks) - 1}"
 
 
-def build_detector(net: ScoreNet, gmm: TorchGmm, sigmas: np.ndarray, layer: str,
-                   guided_silu: bool = True) -> GradcamDetector:
-    """Wrap a score network and a GMM into a detector; ``layer`` must name a module of ``net``."""
+def build_detector(net: ScoreNet, gmm: TorchGmm, sigmas: np.ndarray, layer: str, guided_silu: bool = True,
+                   layer_input: bool = False, rectify_per_level: bool = False,
+                   signed_product: bool = False) -> GradcamDetector:
+    """Wrap a score network and a GMM into a detector; ``layer`` must name a module of ``net``. With
+    ``layer_input`` a :class:`LayerInputProbe` is hooked onto that module's input (the network is changed
+    in place: build one such detector per network)."""
     modules = dict(net.named_modules())
     if layer == "auto":
         layer = last_decoder_block(net)
@@ -310,8 +443,12 @@ def build_detector(net: ScoreNet, gmm: TorchGmm, sigmas: np.ndarray, layer: str,
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return GradcamDetector(MsmaNll(net, gmm.to(next(net.parameters()).device), sigmas), modules[layer], layer,
-                           guided_silu)
+    target = modules[layer]
+    if layer_input:
+        target = LayerInputProbe()
+        target.attach(modules[layer])
+    return GradcamDetector(MsmaNll(net, gmm.to(next(net.parameters()).device), sigmas), target, layer,
+                           guided_silu, layer_input, rectify_per_level, signed_product)
 
 
 def load_gradcam_detector(score_model: str | os.PathLike, gmm_path: str | os.PathLike,
@@ -320,7 +457,8 @@ def load_gradcam_detector(score_model: str | os.PathLike, gmm_path: str | os.Pat
     cfg = cfg if isinstance(cfg, GradcamConfig) else GradcamConfig.from_dict(cfg)
     model = load_score_model(score_model, resolve_device(cfg.device))
     gmm, sigmas = read_gradcam_gmm(gmm_path)
-    return build_detector(model.net, gmm, sigmas, cfg.layer, cfg.guided_silu)
+    return build_detector(model.net, gmm, sigmas, cfg.layer, cfg.guided_silu, cfg.layer_input,
+                          cfg.rectify_per_level, cfg.signed_product)
 
 
 def gradcam_heatmap(detector: GradcamDetector, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -338,7 +476,10 @@ def gradcam_heatmap(detector: GradcamDetector, image: np.ndarray, mask: np.ndarr
     if cam.shape[0] != n_levels or cam.shape[1] != 1:
         raise InputError(f"GradCAM-MSMA: layer {detector.layer_name} gave a Grad-CAM of shape {tuple(cam.shape)}; "
                          f"expected one map per level ({n_levels}): pick a layer inside the UNet")
-    cam = F.relu(cam.sum(0, keepdim=True))  # the levels' copies as one layer of L x C channels
+    if detector.rectify_per_level:
+        cam = F.relu(cam).sum(0, keepdim=True)  # each level's Grad-CAM map rectified, then added
+    else:
+        cam = F.relu(cam.sum(0, keepdim=True))  # the levels' copies as one layer of L x C channels
     cam = LayerAttribution.interpolate(cam, tuple(image.shape[1:]), "trilinear")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Setting backward hooks")  # captum's notice, every call
@@ -346,7 +487,8 @@ def gradcam_heatmap(detector: GradcamDetector, image: np.ndarray, mask: np.ndarr
             guided = GuidedSiluBackprop(detector.nll).attribute(x)
         else:
             guided = GuidedBackprop(detector.nll).attribute(x)  # no ReLU in the net: the plain gradient
-    heat = (cam * guided).abs().sum(1)[0].detach().cpu().numpy()
+    product = cam * guided
+    heat = (product if detector.signed_product else product.abs()).sum(1)[0].detach().cpu().numpy()
     with torch.no_grad():
         nll = float(detector.nll(x)[0])
     return np.where(mask, heat, 0.0).astype(np.float32), nll
