@@ -38,6 +38,7 @@ include: "rules/autoencoder.smk"
 include: "rules/gradcam.smk"
 include: "rules/evaluate.smk"
 include: "rules/seed_spread.smk"
+include: "rules/apply.smk"
 
 
 rule all:
