@@ -5,12 +5,16 @@ input: bundle (the bundle folder); output: what was checked (JSON); params: fpr,
 """
 
 from spatial_msma.apply.subject import ApplyModel
-from spatial_msma.io import write_json
+from spatial_msma.io import InputError, write_json
 from spatial_msma.training import torch_script
 
 sm = snakemake  # noqa: F821
 logger = torch_script(sm)
-model = ApplyModel.load(sm.input.bundle, sm.params.fpr, sm.params.device)
+try:
+    model = ApplyModel.load(sm.input.bundle, sm.params.fpr, sm.params.device)
+except InputError as err:
+    logger.error("refused: %s", err)
+    raise
 notes = model.bundle.version_notes()
 for note in notes:
     logger.info("version differs: %s", note)

@@ -104,7 +104,8 @@ def overlay_figure(t1: np.ndarray, t2: np.ndarray, heatmap: np.ndarray, mask: np
             lo, hi = np.percentile(plane, [1, 99.5])
             ax.imshow(plane, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect)
             if name.startswith("heatmap"):
-                heat = np.ma.masked_where(heatmap[:, :, z].T <= vmin, heatmap[:, :, z].T)
+                plane_heat = heatmap[:, :, z].T
+                heat = np.ma.masked_where(~brain[:, :, z].T | (plane_heat <= vmin), plane_heat)
                 ax.imshow(heat, cmap="hot", origin="lower", vmin=vmin, vmax=vmax, alpha=0.7, aspect=aspect)
             if mask[:, :, z].any():
                 ax.contour(mask[:, :, z].T, levels=[0.5], colors="red", linewidths=0.9)

@@ -177,12 +177,15 @@ def _apply(model: ApplyModel, subject: str, t1w: str, t2w: str, files: dict[str,
         prep = preprocess_in(work, t1w, t2w, model.preprocess, logger, model.registration_template,
                              model.output_template)
         done("read and register")
-        heat, _, affine = model.template_heatmap(prep, subject, template_dir, logger)
+        heat, case_brain, affine = model.template_heatmap(prep, subject, template_dir, logger)
         done("score norms and heatmap")
         segmentation = model.segment(subject, template_dir)
         done("threshold")
         native_affine = io.load_nifti(t1w, ndim=3, what="T1w").affine
+        native_brain = to_native(case_brain, affine, prep.t1, prep.from_template, prep.from_template_invert,
+                                 "genericLabel") > 0.5
         native_heat = to_native(heat, affine, prep.t1, prep.from_template, prep.from_template_invert, "linear")
+        native_heat = np.where(native_brain, native_heat, 0.0).astype(np.float32)  # 0 outside the brain, as on the grid
         native_mask = to_native(segmentation, affine, prep.t1, prep.from_template, prep.from_template_invert,
                                 "genericLabel") > 0.5
         # the T2w on the T1w grid (the rigid T2w -> T1w registration), for the overlay
