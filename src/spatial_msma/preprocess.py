@@ -31,6 +31,10 @@ REGISTRATION_SEED = 1
 # After an affine registration every brain is about template-sized (0.95-1.05 on the synthetic cohort); a
 # failed registration gave 0.35.
 MIN_VOLUME_RATIO, MAX_VOLUME_RATIO = 0.7, 1.4
+# After registration the subject's T1w correlates with the template T1 inside the template brain (synthetic
+# heads: 0.28-0.42, their bias fields and tissue contrasts differ from the template's); a volume of noise, which
+# the SyN-warped mask passes as template-sized, correlates at 0.0. Below this, it is not a T1w head scan.
+MIN_TEMPLATE_CORRELATION = 0.1
 
 
 @dataclass(frozen=True)
@@ -219,12 +223,20 @@ def preprocess_in(
     t2_out = ants.apply_transforms(out_template, t2, to_template + t2_to_t1, interpolator="linear")
 
     brain = mask.numpy() > 0.5
-    volume_ratio = brain.sum() / (out_template_mask.numpy() > 0.5).sum()
-    logger.info("brain volume / template brain volume: %.3f", volume_ratio)
+    template_brain = out_template_mask.numpy() > 0.5
+    volume_ratio = brain.sum() / template_brain.sum()
+    correlation = float(np.corrcoef(t1_out.numpy()[template_brain], out_template.numpy()[template_brain])[0, 1])
+    logger.info("brain volume / template brain volume: %.3f; correlation with the template T1: %.3f", volume_ratio,
+                correlation)
     if not MIN_VOLUME_RATIO < volume_ratio < MAX_VOLUME_RATIO:
         raise InputError(
             f"{t1w}: registration to the template failed (the brain mask is {volume_ratio:.2f} x the template's "
             "brain); check the image's orientation and field of view"
+        )
+    if not correlation >= MIN_TEMPLATE_CORRELATION:  # NaN too: a constant image
+        raise InputError(
+            f"{t1w}: registration to the template failed its quality check (correlation with the template T1 "
+            f"inside the brain {correlation:.2f} < {MIN_TEMPLATE_CORRELATION}); is this a T1w scan of a head?"
         )
     channels = [c.numpy() for c in (t1_out, t2_out)]
     scaling = tuple(_scaling(c, brain, settings.percentiles) for c in channels)
