@@ -90,7 +90,11 @@ class ApplyModel:
         evaluation = EvaluationConfig.from_dict(s["evaluation"])
         thresholds_path = bundle.file("thresholds")
         protocol = protocol_name(fpr)
-        threshold = deployable_threshold(load_thresholds(thresholds_path, s["method"]), protocol, thresholds_path)
+        thresholds = load_thresholds(thresholds_path, s["method"])
+        if thresholds.get("config") != evaluation.to_dict():
+            raise InputError(f"model bundle {bundle.path}: its thresholds were fitted with other evaluation settings "
+                             "(evaluated region, post-processing) than its settings.json holds")
+        threshold = deployable_threshold(thresholds, protocol, thresholds_path)
         norms = NormsConfig.from_dict({**s["score_norms"], "device": device})
         model, train_cfg = load_density_model(bundle.file("flow_model"))
         scoring = FlowConfig.from_dict({**s["flow"], "device": device})
