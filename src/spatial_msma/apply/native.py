@@ -37,7 +37,9 @@ def to_native(volume: np.ndarray, affine: np.ndarray, fixed: ants.ANTsImage, tra
     """A volume on a template grid (``affine``) pulled onto the grid of ``fixed`` through ``transforms``
     (the inverse registration: :class:`~spatial_msma.preprocess.Preprocessed`); returns the array in the
     voxel order of the scan ``fixed`` was read from, so it takes that scan's affine unchanged."""
-    moving = ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine))
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
+    image.header.set_xyzt_units("mm", "sec")  # else ITK warns that it assumes mm
+    moving = ants.from_nibabel_nifti(image)
     out = ants.apply_transforms(fixed, moving, transforms, interpolator=interpolator, whichtoinvert=invert,
                                 defaultvalue=0)
     return out.numpy().astype(np.float32)
