@@ -37,6 +37,7 @@ from spatial_msma.evaluation.postprocess import rim_for, segment
 from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.heatmap import DensityModel, FlowDetector, load_density_model
 from spatial_msma.io import InputError
+from spatial_msma.lesions.volumes import subject_of
 from spatial_msma.preprocess import (
     Preprocessed,
     PreprocessSettings,
@@ -113,7 +114,8 @@ class ApplyModel:
         """Crop, score norms and flow heatmap on the template grid, written to ``work`` under the training
         run's file names; returns (heatmap, brain mask, cropped affine)."""
         affine = cropped_affine(prep.affine, self.box)
-        image_path, mask_path = work / f"{subject}.nii.gz", work / f"{subject}_brainmask.nii.gz"
+        # the run's file names: a lesioned volume {subject}_draw-{k} goes with its subject's brain mask
+        image_path, mask_path = work / f"{subject}.nii.gz", work / f"{subject_of(subject)}_brainmask.nii.gz"
         io.write_channels(apply_crop(prep.image, self.box, fill=-1.0), affine, image_path)
         io.write_nifti(apply_crop(prep.brain, self.box, fill=False), affine, mask_path)
         manifest = work / "score_norms" / "manifest.tsv"
@@ -129,8 +131,8 @@ class ApplyModel:
     def segment(self, subject: str, work: Path) -> np.ndarray:
         """The deployable segmentation of the template-space heatmap in ``work``: the evaluated region (the
         eroded brain), the bundle's threshold, the post-processing; the evaluation's own functions."""
-        case = load_region_case(subject, work / f"{subject}_heatmap.nii.gz", work / f"{subject}_brainmask.nii.gz",
-                                self.evaluation)
+        case = load_region_case(subject, work / f"{subject}_heatmap.nii.gz",
+                                work / f"{subject_of(subject)}_brainmask.nii.gz", self.evaluation)
         mask = segment(case.heatmap, case.brain, self.threshold, self.evaluation, rim_for(case.brain, self.evaluation))
         io.write_nifti(mask, case.affine, work / f"{subject}_lesions.nii.gz")
         return mask
