@@ -39,6 +39,7 @@ include: "rules/reconstruction_baselines.smk"
 include: "rules/gradcam.smk"
 include: "rules/evaluate.smk"
 include: "rules/seed_spread.smk"
+include: "rules/apply.smk"
 
 
 rule all:

@@ -1,4 +1,5 @@
 # Shared helpers: where inputs come from, and which subjects each split holds (known after filter_cohort).
+import functools
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ PACKAGE = Path(workflow.basedir) / "src" / "spatial_msma"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 # The package's pure-Python modules (no torch) are read at parse time: code inputs, method keys.
 sys.path.insert(0, str(PACKAGE.parent))
+from spatial_msma.apply.scans import read_scan_list  # noqa: E402  (no torch, no image read)
 from spatial_msma.config_scopes import scope  # noqa: E402
 from spatial_msma.lesions.volumes import subject_of, volume_ids  # noqa: E402
 from spatial_msma.methods import flow_keys, flow_section, residual_keys  # noqa: E402
@@ -68,11 +70,15 @@ def template_images(voxel_mm):
     return {"t1": f"{stem}_T1w.nii.gz", "mask": f"{stem}_brainmask.nii.gz"}
 
 
-def subject_scans(wildcards):
+def scans_of(subject):
     """The T1w and T2w paths of one subject, as recorded in participants.tsv."""
     table = pd.read_csv(checkpoints.filter_cohort.get().output.participants, sep="\t", dtype=str)
-    row = table.set_index("participant_id").loc[wildcards.subject]
+    row = table.set_index("participant_id").loc[subject]
     return {"t1w": row["t1w"], "t2w": row["t2w"]}
+
+
+def subject_scans(wildcards):
+    return scans_of(wildcards.subject)
 
 
 # Image sets every detector is run on. Lesioned sets: the test split (scored once, at the end) and the
@@ -183,3 +189,45 @@ def gpu_count(section):
     """GPUs a stage asks the scheduler for: one when the run uses GPUs (config use_gpu) and the stage's section
     does not pin the CPU, else none (an unprovided resource breaks the --cores limit of the ILP scheduler)."""
     return int(config["use_gpu"] and config[section].get("device", "auto") != "cpu")
+
+
+# Applying a trained model to new scans (rules/apply.smk): the user's folder, and the agreement check's folder of
+# lesioned test volumes carried into native space.
+APPLY = config["apply"]
+APPLY_ROOT = "results/apply"
+CHECK_ROOT = "results/apply_check"
+
+
+@functools.cache
+def apply_scans():
+    """The subjects of config apply.scans and their T1w/T2w paths (listed even when missing or broken: their
+    own jobs refuse them)."""
+    if not APPLY["scans"]:
+        raise ValueError("config apply.scans: set it to a BIDS folder or a scan table (subject, t1w, t2w) to apply "
+                         "the model to")
+    return read_scan_list(APPLY["scans"], APPLY["session"])
+
+
+def apply_subjects(root):
+    """The subjects of an apply folder: the user's scans, or for the check every lesioned test volume."""
+    return list(apply_scans()) if root == APPLY_ROOT else set_volumes("test_lesioned")
+
+
+def apply_bundle(root):
+    """The bundle a folder is applied with: config apply.bundle, or for the check this run's own."""
+    return APPLY["bundle"] if root == APPLY_ROOT else "results/bundle"
+
+
+def apply_scan_paths(wildcards):
+    if wildcards.root == APPLY_ROOT:
+        return apply_scans()[wildcards.subject]
+    return {"t1w": f"{CHECK_ROOT}/scans/{wildcards.subject}_T1w.nii.gz",
+            "t2w": f"{CHECK_ROOT}/scans/{wildcards.subject}_T2w.nii.gz"}
+
+
+def apply_scan_inputs(wildcards):
+    """The scans as inputs where they exist: a missing one is refused by the subject's job, not by the DAG."""
+    paths = apply_scan_paths(wildcards)
+    if wildcards.root == CHECK_ROOT:
+        return paths
+    return {key: path for key, path in paths.items() if path and os.path.exists(path)}

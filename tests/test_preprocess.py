@@ -82,3 +82,14 @@ def test_registration_and_skull_stripping_on_a_synthetic_head(tmp_path):
     assert wm.sum() > 100 and csf.sum() > 20
     assert image[0][wm].mean() > image[0][csf].mean() + 0.25
     assert image[1][wm].mean() < image[1][csf].mean() - 0.25
+
+
+def test_a_volume_that_is_no_head_fails_the_registration_check(tmp_path):
+    """Uniform noise passes the brain-volume check (the SyN-warped template mask stays template-sized) but not
+    the correlation with the template T1."""
+    noise = np.random.default_rng(0).uniform(0, 1000, (48, 56, 48)).astype(np.float32)
+    for name in ("t1", "t2"):
+        _save_scan(noise / 1000.0, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / f"{name}.nii.gz")
+    with pytest.raises(InputError, match="failed its quality check .correlation with the template T1"):
+        preprocess_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", PreprocessSettings(voxel_mm=4.0,
+                                                                                               registration_mm=4.0))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -257,3 +258,91 @@ def test_report_carries_tables_and_figures(run_dir):
     text = report.read_text(errors="replace")
     for expected in ("table1.csv", "cohort.png", "montage.png", "lesions.png", "Spatial-MSMA"):
         assert expected in text, expected
+
+
+def _scan_table(run_dir, tmp_path):
+    """Scans to apply the model to: two test subjects' raw scans, the cohort's planted broken subjects (missing
+    T2w, truncated, NaN, 4D) and a volume of noise that is no head; absolute paths."""
+    participants = pd.read_csv(run_dir / "results/cohort/participants.tsv", sep="\t", dtype=str,
+                               keep_default_na=False).set_index("participant_id")
+    broken = json.loads((run_dir / "resources/synthetic/bids/truth.json").read_text())["broken"]
+    good = (run_dir / "results/cohort/test.txt").read_text().split()[:2]
+    rows = [(s, *(str(run_dir / p) if p else "" for p in participants.loc[s, ["t1w", "t2w"]]))
+            for s in good + list(broken)]
+    noise = np.random.default_rng(0).uniform(0, 1000, (48, 56, 48)).astype(np.float32)
+    for modality in ("T1w", "T2w"):
+        nib.save(nib.Nifti1Image(noise, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / f"noise_{modality}.nii.gz")
+    rows.append(("sub-noise", str(tmp_path / "noise_T1w.nii.gz"), str(tmp_path / "noise_T2w.nii.gz")))
+    table = tmp_path / "scans.tsv"
+    pd.DataFrame(rows, columns=["subject", "t1w", "t2w"]).to_csv(table, sep="\t", index=False)
+    return table, good, broken
+
+
+def test_apply_a_bundle_to_new_scans_in_their_own_space(run_dir, tmp_path):
+    """The bundle target, then the apply path on raw scans: every subject gets a status; a good one gets its
+    heatmap and lesion mask on its own T1w grid, a per-lesion table and an overlay; a bad one a refusal saying
+    why, without stopping the others. The agreement check runs on every lesioned test volume in native space."""
+    table, good, broken = _scan_table(run_dir, tmp_path)
+    extra = tmp_path / "apply.yaml"
+    extra.write_text(f"apply: {{scans: {table}}}\n")
+    _snakemake(run_dir, str(extra), "--cores", "2", "apply", "results/apply_check/agreement.csv")
+    manifest = json.loads((run_dir / "results/bundle/manifest.json").read_text())
+    assert {"score_model.pt", "flow_model.pt", "thresholds.json", "crop_box.json"} <= set(manifest["files"])
+    assert manifest["config"]["seed"] == yaml.safe_load(TINY.read_text())["seed"]
+
+    summary = pd.read_csv(run_dir / "results/apply/summary.csv").set_index("subject")
+    assert (summary.loc[good, "status"] == "ok").all()
+    expected = {"missing_t2w": "no T2w scan", "truncated_t1w": "unreadable or truncated",
+                "nan_t2w": "NaN or infinite", "4d_t1w": "expected a 3D image",
+                "noise": "registration to the template failed"}
+    for subject, kind in [*broken.items(), ("sub-noise", "noise")]:
+        assert summary.loc[subject, "status"] == "refused" and expected[kind] in summary.loc[subject, "reason"]
+        assert not (run_dir / f"results/apply/{subject}/{subject}_heatmap.nii.gz").exists()
+    for subject in good:
+        out = run_dir / "results/apply" / subject
+        t1w = nib.load(summary.loc[subject, "t1w"])
+        for name in ("heatmap", "lesions"):
+            native = nib.load(out / f"{subject}_{name}.nii.gz")
+            assert native.shape == t1w.shape and np.allclose(native.affine, t1w.affine)
+        mask = np.asarray(nib.load(out / f"{subject}_lesions.nii.gz").dataobj) > 0
+        lesions = pd.read_csv(out / f"{subject}_lesions.csv")
+        assert list(lesions.columns) == ["lesion", "volume_mm3", "voxels", "x_mm", "y_mm", "z_mm", "peak_score",
+                                         "mean_score", "threshold", "protocol"]
+        assert lesions["voxels"].sum() == mask.sum() and (lesions["protocol"] == "fpr05").all()
+        assert summary.loc[subject, "n_lesions"] == len(lesions)
+        assert (out / f"{subject}_overlay.png").stat().st_size > 10_000
+
+    draws = yaml.safe_load(TINY.read_text())["lesion_draws"]["test"]
+    n_test = len((run_dir / "results/cohort/test.txt").read_text().split())
+    agreement = pd.read_csv(run_dir / "results/apply_check/agreement.csv")
+    assert len(agreement) == n_test * draws and agreement["native_tpr"].notna().all()
+    assert agreement[["native_tpr", "template_tpr"]].stack().between(0, 1).all()
+    # every volume's lesions survive the carrying (the finer grid splits diagonal contacts: measured 24 vs 16)
+    assert (agreement["native_gt"] > 0).all() and agreement["native_gt"].sum() >= agreement["template_gt"].sum()
+    checked = pd.read_csv(run_dir / "results/apply_check/agreement_summary.csv").set_index("metric")
+    assert set(checked.index) == {"tpr", "ppv"} and (checked["n_volumes"] == n_test * draws).all()
+
+
+def test_a_fresh_checkout_applies_a_copied_bundle_without_training(run_dir, tmp_path):
+    """A checkout with no results and a bundle copied from elsewhere plans only the apply jobs; a bundle that
+    lost a file is refused, before any subject, with what is wrong."""
+    if not (run_dir / "results/bundle/manifest.json").exists():
+        _snakemake(run_dir, "--cores", "1", "results/bundle")
+    clone = tmp_path / "clone"
+    for name in WORKFLOW_FILES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, clone / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(REPO / name, clone / name)
+    bundle = tmp_path / "copied_bundle"
+    shutil.copytree(run_dir / "results/bundle", bundle)
+    table, good, _ = _scan_table(run_dir, tmp_path)
+    extra = tmp_path / "apply.yaml"
+    extra.write_text(f"apply: {{scans: {table}, bundle: {bundle}}}\n")
+    assert _rules_to_rerun(clone, str(extra), targets=["apply"]) == {"apply_bundle_check", "apply_subject",
+                                                                     "apply_summary", "apply"}
+    (bundle / "flow_model.pt").unlink()
+    refused = _snakemake(clone, str(extra), "--cores", "1", "apply", check=False)
+    assert refused.returncode != 0
+    assert "file flow_model.pt is missing" in (clone / "results/apply/logs/bundle_check.log").read_text()
+    assert not (clone / "results/apply" / good[0]).exists()

@@ -31,6 +31,10 @@ REGISTRATION_SEED = 1
 # After an affine registration every brain is about template-sized (0.95-1.05 on the synthetic cohort); a
 # failed registration gave 0.35.
 MIN_VOLUME_RATIO, MAX_VOLUME_RATIO = 0.7, 1.4
+# After registration the subject's T1w correlates with the template T1 inside the template brain (synthetic
+# heads: 0.28-0.42, their bias fields and tissue contrasts differ from the template's); a volume of noise, which
+# the SyN-warped mask passes as template-sized, correlates at 0.0. Below this, it is not a T1w head scan.
+MIN_TEMPLATE_CORRELATION = 0.1
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,52 @@ def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, 
     return reg
 
 
-def _scale_intensities(data: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Map the in-brain (low, high) percentiles to [-1, 1] and clip; outside the brain is -1."""
+def _scaling(data: np.ndarray, mask: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    """The in-brain (low, high) percentiles that :func:`_scale_intensities` maps to [-1, 1]."""
     lo, hi = np.percentile(data[mask], percentiles)
     if hi <= lo:
         raise InputError("intensity scaling: the image is constant inside the brain mask")
+    return float(lo), float(hi)
+
+
+def _scale_intensities(data: np.ndarray, mask: np.ndarray, scaling: tuple[float, float]) -> np.ndarray:
+    """Map the in-brain (low, high) ``scaling`` to [-1, 1] and clip; outside the brain is -1."""
+    lo, hi = scaling
     scaled = np.clip(2.0 * (data - lo) / (hi - lo) - 1.0, -1.0, 1.0)
     return np.where(mask, scaled, -1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """One subject preprocessed, with what it takes to go back to its own scans.
+
+    ``image`` (2, X, Y, Z) float32 [T1, T2] scaled to [-1, 1], ``brain`` (X, Y, Z) bool and ``affine``: the
+    template grid at ``voxel_mm``. ``t1`` and ``t2`` are the native scans as read (ANTs images). The
+    transforms are ANTs files in the caller's working folder, lists as :func:`ants.apply_transforms` takes
+    them: ``to_template`` pulls the T1w onto the template (``+ t2_to_t1`` pulls the T2w);
+    ``from_template`` (inverted where ``from_template_invert``) pulls a template-space volume onto the T1w,
+    ``t2_from_t1`` (inverted where ``t2_from_t1_invert``) a T1w-space volume onto the T2w. ``scaling`` is
+    the (low, high) intensity per channel that became (-1, 1).
+    """
+
+    image: np.ndarray
+    brain: np.ndarray
+    affine: np.ndarray
+    t1: ants.ANTsImage
+    t2: ants.ANTsImage
+    to_template: list[str]
+    t2_to_t1: list[str]
+    from_template: list[str]
+    from_template_invert: list[bool]
+    t2_from_t1: list[str]
+    t2_from_t1_invert: list[bool]
+    scaling: tuple[tuple[float, float], tuple[float, float]]
+
+
+def _inverse(reg: dict) -> tuple[list[str], list[bool]]:
+    """A registration's inverse transform list and which of its entries ANTs must invert (the affines)."""
+    inverse = list(reg["invtransforms"])
+    return inverse, [path.endswith(".mat") for path in inverse]
 
 
 def preprocess_subject(
@@ -123,6 +166,18 @@ def preprocess_subject(
     at ``settings.voxel_mm``. The templates at ``settings.registration_mm`` and ``settings.voxel_mm`` are
     built here unless given (the workflow reads them from :func:`write_template_images`' files).
     """
+    with tempfile.TemporaryDirectory(prefix="smsma_reg_") as work:
+        done = preprocess_in(work, t1w, t2w, settings, logger, registration_template, output_template)
+    return done.image, done.brain, done.affine
+
+
+def preprocess_in(
+    workdir: str | Path, t1w: str | Path, t2w: str | Path, settings: PreprocessSettings,
+    logger: logging.Logger | None = None, registration_template: TemplateImages | None = None,
+    output_template: TemplateImages | None = None,
+) -> Preprocessed:
+    """:func:`preprocess_subject` keeping its transforms in ``workdir`` (see :class:`Preprocessed`): what
+    applying a trained model needs to carry template-space results back onto the subject's own scans."""
     logger = logger or logging.getLogger(__name__)
     # ANTs samples metric points at random, seeded from the clock unless told otherwise: without a fixed seed
     # two runs of the same subject differed (measured: different crops, hence different lesions and tables).
@@ -134,49 +189,62 @@ def preprocess_subject(
     out_template, out_template_mask = output_template or _template_images(settings.voxel_mm)
     t1_small = _downsample(t1, settings.registration_mm)
     t2_small = _downsample(t2, settings.registration_mm)
+    work = str(workdir)
 
-    with tempfile.TemporaryDirectory(prefix="smsma_reg_") as work:
-        t2_to_t1 = _register(t1_small, t2_small, "Rigid", work, "t2")["fwdtransforms"]
-        if settings.brain_mask == "atlas":
-            # Pass 1: whole head to the brain template, rigid only (an affine fit of a head to a brain can
-            # shrink the head into the brain: seen on 1 of 49 synthetic subjects); pass 2: the subject
-            # masked by the dilated pass-1 mask, with the configured transform.
-            first = _register(reg_template, t1_small, "Rigid", work, "head")
-            rough = ants.apply_transforms(t1_small, reg_template_mask, first["invtransforms"],
-                                          interpolator="nearestNeighbor", whichtoinvert=[True])
-            rough = ants.iMath(rough, "MD", int(np.ceil(8.0 / settings.registration_mm)))
-            second = _register(reg_template, t1_small * rough, settings.transform, work, "brain",
-                               initial=first["fwdtransforms"][0])
-            to_template = second["fwdtransforms"]
-            aligned = ants.apply_transforms(reg_template, t1_small * rough, to_template)
-            # Subject-specific mask: template mask pulled back through a SyN warp of the aligned brain.
-            syn = _register(reg_template, aligned, "SyNOnly", work, "syn", initial="Identity")
-            mask_aligned = ants.apply_transforms(aligned, reg_template_mask, syn["invtransforms"],
-                                                 interpolator="linear")
-            mask = ants.resample_image_to_target(mask_aligned, out_template, interp_type="linear")
+    t2_reg = _register(t1_small, t2_small, "Rigid", work, "t2")
+    t2_to_t1 = t2_reg["fwdtransforms"]
+    if settings.brain_mask == "atlas":
+        # Pass 1: whole head to the brain template, rigid only (an affine fit of a head to a brain can
+        # shrink the head into the brain: seen on 1 of 49 synthetic subjects); pass 2: the subject
+        # masked by the dilated pass-1 mask, with the configured transform.
+        first = _register(reg_template, t1_small, "Rigid", work, "head")
+        rough = ants.apply_transforms(t1_small, reg_template_mask, first["invtransforms"],
+                                      interpolator="nearestNeighbor", whichtoinvert=[True])
+        rough = ants.iMath(rough, "MD", int(np.ceil(8.0 / settings.registration_mm)))
+        brain_reg = _register(reg_template, t1_small * rough, settings.transform, work, "brain",
+                              initial=first["fwdtransforms"][0])
+        to_template = brain_reg["fwdtransforms"]
+        aligned = ants.apply_transforms(reg_template, t1_small * rough, to_template)
+        # Subject-specific mask: template mask pulled back through a SyN warp of the aligned brain.
+        syn = _register(reg_template, aligned, "SyNOnly", work, "syn", initial="Identity")
+        mask_aligned = ants.apply_transforms(aligned, reg_template_mask, syn["invtransforms"],
+                                             interpolator="linear")
+        mask = ants.resample_image_to_target(mask_aligned, out_template, interp_type="linear")
+    else:
+        brain_reg = _register(reg_template, t1_small, settings.transform, work, "brain")
+        to_template = brain_reg["fwdtransforms"]
+        if settings.brain_mask == "skullstripped":
+            source_mask = ants.threshold_image(t1, 1e-6, None)
         else:
-            to_template = _register(reg_template, t1_small, settings.transform, work, "brain")["fwdtransforms"]
-            if settings.brain_mask == "skullstripped":
-                source_mask = ants.threshold_image(t1, 1e-6, None)
-            else:
-                source_mask = _read(_supplied_mask_path(t1w, settings.mask_suffix), "brain mask")
-            mask = ants.apply_transforms(out_template, source_mask, to_template, interpolator="linear")
+            source_mask = _read(_supplied_mask_path(t1w, settings.mask_suffix), "brain mask")
+        mask = ants.apply_transforms(out_template, source_mask, to_template, interpolator="linear")
 
-        t1_out = ants.apply_transforms(out_template, t1, to_template, interpolator="linear")
-        t2_out = ants.apply_transforms(out_template, t2, to_template + t2_to_t1, interpolator="linear")
+    t1_out = ants.apply_transforms(out_template, t1, to_template, interpolator="linear")
+    t2_out = ants.apply_transforms(out_template, t2, to_template + t2_to_t1, interpolator="linear")
 
     brain = mask.numpy() > 0.5
-    volume_ratio = brain.sum() / (out_template_mask.numpy() > 0.5).sum()
-    logger.info("brain volume / template brain volume: %.3f", volume_ratio)
+    template_brain = out_template_mask.numpy() > 0.5
+    volume_ratio = brain.sum() / template_brain.sum()
+    correlation = float(np.corrcoef(t1_out.numpy()[template_brain], out_template.numpy()[template_brain])[0, 1])
+    logger.info("brain volume / template brain volume: %.3f; correlation with the template T1: %.3f", volume_ratio,
+                correlation)
     if not MIN_VOLUME_RATIO < volume_ratio < MAX_VOLUME_RATIO:
         raise InputError(
             f"{t1w}: registration to the template failed (the brain mask is {volume_ratio:.2f} x the template's "
             "brain); check the image's orientation and field of view"
         )
-    image = np.stack([_scale_intensities(c.numpy(), brain, settings.percentiles) for c in (t1_out, t2_out)])
+    if not correlation >= MIN_TEMPLATE_CORRELATION:  # NaN too: a constant image
+        raise InputError(
+            f"{t1w}: registration to the template failed its quality check (correlation with the template T1 "
+            f"inside the brain {correlation:.2f} < {MIN_TEMPLATE_CORRELATION}); is this a T1w scan of a head?"
+        )
+    channels = [c.numpy() for c in (t1_out, t2_out)]
+    scaling = tuple(_scaling(c, brain, settings.percentiles) for c in channels)
+    image = np.stack([_scale_intensities(c, brain, s) for c, s in zip(channels, scaling, strict=True)])
     affine = ants.to_nibabel_nifti(out_template).affine
     logger.info("%s: %d brain voxels at %.3g mm", Path(t1w).name, int(brain.sum()), settings.voxel_mm)
-    return image, brain, affine
+    return Preprocessed(image, brain, affine, t1, t2, to_template, t2_to_t1, *_inverse(brain_reg),
+                        *_inverse(t2_reg), scaling)
 
 
 def _supplied_mask_path(t1w: str | Path, suffix: str) -> Path:

@@ -7,6 +7,7 @@ placement, the synthetic cohort's source anatomy) comes from here, so no stage d
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +69,19 @@ def load_template() -> Template:
     # leaves 30 % of them out of the mask.
     brain = ndimage.binary_fill_holes(ndimage.binary_closing(maps["gm"] + maps["wm"] > 0.5, iterations=3))
     return Template(t1=maps["t1"], gm=maps["gm"], wm=maps["wm"], csf=csf, brain=brain, affine=affine)
+
+
+#: The template's name, as recorded in a model bundle.
+TEMPLATE_NAME = "MNI ICBM152 2009a symmetric (nilearn)"
+
+
+@functools.cache
+def template_identity() -> dict[str, str]:
+    """Name and SHA-256 of the template's maps (their voxel values and affine, not the file bytes): two
+    installs that read the same template agree whatever their nilearn's compression, another template
+    differs."""
+    template = load_template()
+    digest = hashlib.sha256()
+    for data in (template.t1, template.gm, template.wm, template.affine):
+        digest.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
+    return {"name": TEMPLATE_NAME, "sha256": digest.hexdigest()}
