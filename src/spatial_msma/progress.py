@@ -1,4 +1,5 @@
-"""Progress lines for long loops: steps done, steps/s and ETA, written to a logger at a fixed interval."""
+"""Progress lines for long loops (steps done, steps/s and ETA, written to a logger at a fixed interval), and the
+logger of a workflow script, which writes to the rule's log file."""
 
 from __future__ import annotations
 
