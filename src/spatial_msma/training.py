@@ -41,15 +41,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from spatial_msma import io
-from spatial_msma.io import (
-    InputError,
-    as_path_list,
-    atomic_path,
-    check_device_name,
-    check_number,
-    check_numbers,
-    save_figure,
-)
+from spatial_msma.io import InputError, as_path_list, atomic_path, check_number, check_numbers, save_figure
 from spatial_msma.progress import Progress, script_logger
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{9})\.pt$")
@@ -72,14 +64,14 @@ def save_torch(obj: object, path: str | os.PathLike) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def resolve_device(name: str, where: str = "device") -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error, not a silent fallback.
-    ``where`` is the config key the name comes from (e.g. ``score.device``), for the error."""
-    check_device_name(name, where)
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error, not a silent fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"config {where}: {name!r} requested but no CUDA device is available (use 'auto' or 'cpu')")
+        raise InputError(f"device {name!r} requested but no CUDA device is available (use 'auto' or 'cpu')")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InputError(f"device {name!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
     return torch.device(name)
 
 
