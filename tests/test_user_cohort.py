@@ -2,14 +2,12 @@
 module writes (six subjects, 6^3 voxels), as a user would, to check what the user sees.
 
 A replaced scan reruns the filter; a job's error lands in the rule's log with every subject's reason; files
-are written as the umask says; after kill -9 the same command finishes the run.
+are written as the umask says.
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,23 +102,3 @@ def test_a_failed_job_explains_itself_in_its_log(cohort):
     assert "5 of 6 subjects were excluded, e.g. sub-NDARINV02: missing T1w in session ses-2" in log
     for label in SUBJECTS[1:]:
         assert f"excluded sub-{label}: missing T1w in session ses-2 (config cohort.session)" in log
-
-
-def test_the_same_command_recovers_after_kill_9(cohort):
-    """kill -9 of Snakemake and its job while the job runs: rerunning the same command must neither ask for
-    --unlock (the killed run's lock) nor for --rerun-incomplete (its job's outputs)."""
-    workdir, config = cohort
-    run = subprocess.Popen(_command(workdir, config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
-    incomplete = workdir / ".snakemake" / "incomplete"
-    deadline = time.monotonic() + 120
-    while not (incomplete.is_dir() and any(incomplete.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert run.poll() is None, "the job ended before it could be killed"
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert any((workdir / ".snakemake" / "locks").iterdir()), "the killed run left no lock: nothing tested"
-    rerun = _snakemake(workdir, config)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"process {run.pid}" in rerun.stderr
-    assert _participants(workdir)["included"].sum() == len(SUBJECTS) - 1

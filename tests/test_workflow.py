@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 # What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report")
+SYNTHETIC_BIDS = "resources/synthetic/bids"
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report", "profiles")
 
 
 def _snakemake(workdir, *args, check=True):
@@ -304,6 +307,28 @@ def test_a_mask_added_to_the_lesion_folder_reruns_the_lesions(run_dir, tmp_path)
     rules = _rules_to_rerun(copy, "--configfile", str(TINY), str(extra), targets=[summary])
     assert {"simulate_lesions", "lesion_summary"} <= rules, rules
     assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess", "crop"}, rules
+
+
+def test_the_same_command_recovers_after_kill_9(tmp_path):
+    """kill -9 of Snakemake and its job while the built-in cohort is half written: rerunning the same command
+    must ask neither for --unlock (the killed run's lock) nor for --rerun-incomplete (its half-written folder)."""
+    target = "results/cohort/participants.tsv"
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+               str(TINY), "--cores", "1", target]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    bids = tmp_path / SYNTHETIC_BIDS
+    deadline = time.monotonic() + 300
+    while not (bids.is_dir() and any(bids.glob("sub-*"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the job ended before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert any((tmp_path / ".snakemake" / "locks").iterdir()), "the killed run left no lock: nothing tested"
+    assert any((tmp_path / ".snakemake" / "incomplete").iterdir()), "no incomplete output: nothing tested"
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"process {run.pid}" in rerun.stderr  # the lock it removed
+    assert pd.read_csv(tmp_path / target, sep="\t")["included"].sum() > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the config asks for")
