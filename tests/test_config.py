@@ -91,7 +91,7 @@ def test_schema_defaults_match_the_package(section, cls):
     assert config[section] == _dataclass_defaults(cls)
 
 
-def _checked(extra, tmp_path):
+def _checked(extra):
     """check_config on the default config with ``extra`` layered on, as Snakemake would hand it over."""
     config = _load("config.yaml")
     for section, values in extra.items():
@@ -118,10 +118,10 @@ def _checked(extra, tmp_path):
      "config cohort.bids_dir: there is no folder /path/to/bids (mistyped, or on a disk that is not mounted?"),
     ({"lesions": {"source": "folder", "folder": "/no/such/masks"}}, "config lesions.folder: there is no folder"),
 ])
-def test_what_a_job_would_reject_is_named_at_parse_time(extra, message, tmp_path):
+def test_what_a_job_would_reject_is_named_at_parse_time(extra, message):
     """spatial_msma.config_check: the same classes the jobs build, before Snakemake deletes any output."""
     with pytest.raises(InputError, match=re.escape(message)):
-        _checked(extra, tmp_path)
+        _checked(extra)
 
 
 def test_paths_and_session_are_checked_against_the_disk(tmp_path):
@@ -129,13 +129,17 @@ def test_paths_and_session_are_checked_against_the_disk(tmp_path):
     (bids / "sub-01" / "ses-1" / "anat").mkdir(parents=True)
     (tmp_path / "cbcl.csv").write_text("src_subject_id\n")
     cohort = {"source": "bids", "bids_dir": str(bids), "cbcl_table": str(tmp_path / "cbcl.csv")}
-    _checked({"cohort": {**cohort, "session": "1"}}, tmp_path)
+    _checked({"cohort": {**cohort, "session": "1"}})
     with pytest.raises(InputError, match=r"config cohort\.cbcl_table: there is no file"):
-        _checked({"cohort": {**cohort, "cbcl_table": str(tmp_path / "cbcl.tsv")}}, tmp_path)
+        _checked({"cohort": {**cohort, "cbcl_table": str(tmp_path / "cbcl.tsv")}})
     with pytest.raises(InputError, match=r"config cohort\.session: no subject in .* has a session folder ses-2"):
-        _checked({"cohort": {**cohort, "session": "2"}}, tmp_path)
+        _checked({"cohort": {**cohort, "session": "2"}})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "benchmark.yaml"])
-def test_shipped_configs_pass_the_parse_time_check(name, tmp_path):
-    _checked(_load(name), tmp_path)
+@pytest.mark.parametrize("name", ["config.yaml", "benchmark.yaml", "paper.yaml"])
+def test_shipped_configs_pass_the_parse_time_check(name):
+    """paper.yaml with the built-in cohort standing in for its placeholder paths (README, Scale-out)."""
+    config = _load(name)
+    if name == "paper.yaml":
+        config["cohort"]["source"] = "synthetic"
+    _checked(config)

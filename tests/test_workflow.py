@@ -26,8 +26,8 @@ from spatial_msma.template import load_template
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
-# What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
 SYNTHETIC_BIDS = "resources/synthetic/bids"
+# What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report", "profiles")
 
 
