@@ -3,9 +3,9 @@
 Snakemake sees a folder input only as the folder: its date does not change when a scan inside it is replaced
 (nor a file inside a subfolder added), so a fixed scan stayed excluded and replaced lesion masks left the old
 lesions. The workflow therefore hands the jobs a manifest of the files instead (one line per file: path,
-size, modification and change time), rewritten when the workflow is read and only when a line changed: its
-date then moves exactly when the folder's contents do. The change time (ctime) is in it because a copy that
-keeps the old modification time (``cp -p``, ``rsync -t``) still sets it.
+size and modification time, rsync's test for a changed file), rewritten when the workflow is read and only
+when a line changed: its date then moves exactly when the folder's contents do. Not the change time (ctime):
+a cohort copied to scratch with ``rsync -a`` would have new ctimes everywhere, and rerun the whole workflow.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def folder_manifest(folder: str | os.PathLike, patterns: Iterable[str]) -> str:
         for path in root.glob(pattern):
             if path.is_file():
                 stat = path.stat()
-                rows.add(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\t{stat.st_ctime_ns}\n")
-    return "path\tsize\tmtime_ns\tctime_ns\n" + "".join(sorted(rows))
+                rows.add(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n")
+    return "path\tsize\tmtime_ns\n" + "".join(sorted(rows))
 
 
 def update_manifest(folder: str | os.PathLike, patterns: Iterable[str], manifest: str | os.PathLike) -> str:
