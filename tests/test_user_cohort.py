@@ -99,6 +99,7 @@ def test_a_failed_job_explains_itself_in_its_log(cohort):
     assert result.returncode != 0
     log = (workdir / "results/logs/filter_cohort.log").read_text()
     assert "cohort: only 1 usable subjects; need at least 4 to split" in log, log
-    assert "5 of 6 subjects were excluded, e.g. sub-NDARINV02: missing T1w in session ses-2" in log
+    assert ("5 of 6 subjects were excluded, the most often (5) for: missing T1w in session ses-2 (config "
+            "cohort.session); missing T2w in session ses-2") in log
     for label in SUBJECTS[1:]:
         assert f"excluded sub-{label}: missing T1w in session ses-2 (config cohort.session)" in log

@@ -250,9 +250,11 @@ def build_participants(
     try:
         splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed)
     except InputError as err:
-        examples = "; ".join(f"{row.participant_id}: {row.reason}" for _, row in excluded.head(3).iterrows())
-        raise InputError(f"{err}. {len(excluded)} of {len(participants)} subjects were excluded, e.g. {examples} "
-                         "(every subject's reason is in this rule's log)") from err
+        if excluded.empty:
+            raise
+        reason, count = next(iter(excluded.reason.value_counts().items()))
+        raise InputError(f"{err}. {len(excluded)} of {len(participants)} subjects were excluded, the most often "
+                         f"({count}) for: {reason} (each subject's reason is in this rule's log)") from err
     split_of = {s: name for name, members in splits.items() for s in members}
     participants["split"] = [split_of.get(s, "") for s in participants.participant_id]
     logger.info("included %d of %d; split %s", int(participants.included.sum()), len(participants),
