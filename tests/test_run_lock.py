@@ -45,7 +45,8 @@ def test_a_lock_file_that_reuses_the_name_is_not_taken_for_the_dead_ones(tmp_pat
     lock.unlink()
     (new,) = _locks(tmp_path, "0.input.lock")
     os.utime(new, ns=(1, 1))
-    assert len(remove_stale_locks(tmp_path)) == 1 and new.exists()
+    assert remove_stale_locks(tmp_path) == [] and new.exists()
+    assert list((tmp_path / OWNERS_DIR).iterdir()) == []  # the record of the ended run is gone all the same
 
 
 def test_a_run_on_another_host_is_left_alone(tmp_path):

@@ -54,16 +54,22 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale_locks(snakemake_dir: str | os.PathLike) -> list[int]:
-    """Remove the lock files of recorded runs on this host whose process is gone; return their process ids."""
+    """Remove the lock files of recorded runs on this host whose process is gone; return the process ids of
+    those that still had a lock file (a run that ended on its own left only its record, dropped here too)."""
     removed = []
     for record in sorted((Path(snakemake_dir) / OWNERS_DIR).glob("*.json")):
         owner = json.loads(record.read_text())
         if owner["host"] != socket.gethostname() or process_alive(owner["pid"]):
             continue
-        for lock in owner["locks"]:
-            path = Path(lock["path"])
-            if path.is_file() and (path.stat().st_ino, path.stat().st_mtime_ns) == (lock["inode"], lock["mtime_ns"]):
-                path.unlink()
+        stale = [Path(lock["path"]) for lock in owner["locks"] if _same_file(Path(lock["path"]), lock)]
+        for path in stale:
+            path.unlink()
         record.unlink()
-        removed.append(int(owner["pid"]))
+        if stale:
+            removed.append(int(owner["pid"]))
     return removed
+
+
+def _same_file(path: Path, lock: dict) -> bool:
+    """Whether ``path`` is still the lock file ``lock`` recorded (not removed, not a new one of that name)."""
+    return path.is_file() and (path.stat().st_ino, path.stat().st_mtime_ns) == (lock["inode"], lock["mtime_ns"])
