@@ -34,6 +34,7 @@ checkpoint filter_cohort:
         test="results/cohort/test.txt",
         outliers="results/cohort/cbcl_outliers.txt",
     params:
+        bids_dir=bids_dir(),
         cbcl_table=cbcl_table_path(),
         cbcl=config["cbcl"],
         session=config["cohort"]["session"],

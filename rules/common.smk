@@ -1,21 +1,75 @@
-# Shared helpers: where inputs come from, and which subjects each split holds (known after filter_cohort).
+# Shared helpers: the config check, where inputs come from, and which subjects each split holds (known after
+# filter_cohort).
 import functools
 import os
 import sys
 from pathlib import Path
 
 import pandas as pd
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 PACKAGE = Path(workflow.basedir) / "src" / "spatial_msma"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
-# The package's pure-Python modules (no torch) are read at parse time: code inputs, method keys.
+# The package is read at parse time: code inputs, method keys, and the config classes the check builds.
 sys.path.insert(0, str(PACKAGE.parent))
 from spatial_msma.apply.scans import read_scan_list  # noqa: E402  (no torch, no image read)
+from spatial_msma.config_check import check_config  # noqa: E402
 from spatial_msma.config_scopes import scope  # noqa: E402
+from spatial_msma.input_manifest import BIDS_PATTERNS, LESION_MASK_PATTERNS, update_manifest  # noqa: E402
+from spatial_msma.io import InputError  # noqa: E402
 from spatial_msma.lesions.volumes import subject_of, volume_ids  # noqa: E402
 from spatial_msma.methods import flow_keys, flow_section, residual_keys  # noqa: E402
+from spatial_msma.run_lock import record_lock_owner, release_lock_owner, remove_stale_locks  # noqa: E402
 from spatial_msma.script_modules import modules_run_by  # noqa: E402
+
 SYNTHETIC_BIDS = "resources/synthetic/bids"
+SNAKEMAKE_DIR = ".snakemake"
+
+# Everything a job would reject, rejected now: before Snakemake plans a job, and so before it deletes the
+# old outputs of one (spatial_msma.config_check).
+try:
+    check_config(config, yaml.safe_load((Path(workflow.basedir) / "config" / "schema.yaml").read_text()))
+except InputError as err:
+    raise WorkflowError(str(err)) from None
+
+# A run killed with kill -9 leaves its lock; the same command must work again (spatial_msma.run_lock).
+if workflow.is_main_process:
+    for pid in remove_stale_locks(SNAKEMAKE_DIR):
+        logger.warning(f"Removed the lock of an earlier Snakemake run (process {pid}) that ended without unlocking.")
+
+
+onstart:
+    check_cuda_for_local_jobs()
+    record_lock_owner(SNAKEMAKE_DIR, getattr(workflow.persistence, "_lockfile", {}).values())
+
+
+onsuccess:
+    release_lock_owner(SNAKEMAKE_DIR)
+
+
+onerror:
+    release_lock_owner(SNAKEMAKE_DIR)
+
+
+def check_cuda_for_local_jobs():
+    """A GPU asked for by the config (use_gpu, a section's device cuda) must be there when the jobs run on this
+    machine: without it the run would do every CPU stage first and fail at the first GPU job. Checked when
+    the jobs start, because only then is it known whether they run here or are submitted (SLURM)."""
+    if not workflow.local_exec:
+        return
+    asked = (["use_gpu"] if config["use_gpu"] else []) + [
+        f"{section}.device" for section, values in config.items()
+        if isinstance(values, dict) and str(values.get("device", "")).startswith("cuda")
+    ]
+    if asked:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise WorkflowError(f"config {asked[0]}: asks for a GPU, but torch finds no CUDA device on this machine, "
+                                "where the jobs run; set use_gpu: false (and the devices to auto or cpu), or submit "
+                                "the jobs to GPU nodes (--profile profiles/slurm)")
 
 # Conda environments, used with `--sdm conda` (README, Scale-out; paths relative to rules/): the rules that
 # need no torch, and the torch rules in the CPU or the CUDA build (config `conda_torch`).
@@ -38,14 +92,25 @@ def section_scope(section, kind):
     return scope(section, config[section], kind)
 
 
+def bids_dir():
+    return SYNTHETIC_BIDS if config["cohort"]["source"] == "synthetic" else config["cohort"]["bids_dir"]
+
+
 def cohort_inputs(wildcards=None):
-    """The BIDS folder and CBCL table: the built-in cohort's, or the user's (config cohort.*)."""
+    """The cohort as inputs of the filter: the built-in cohort's folder (a rule's output), or the manifest of
+    the user's BIDS folder (spatial_msma.input_manifest: a replaced scan changes it) and CBCL table."""
     if config["cohort"]["source"] == "synthetic":
         return {"bids": SYNTHETIC_BIDS}
-    missing = [key for key in ("bids_dir", "cbcl_table") if not config["cohort"].get(key)]
-    if missing:
-        raise ValueError(f"config cohort.{missing[0]}: required when cohort.source is 'bids'")
-    return {"bids": config["cohort"]["bids_dir"], "cbcl": config["cohort"]["cbcl_table"]}
+    manifest = update_manifest(config["cohort"]["bids_dir"], BIDS_PATTERNS, "results/inputs/bids_dir.tsv")
+    return {"bids_manifest": manifest, "cbcl": config["cohort"]["cbcl_table"]}
+
+
+def lesion_folder_inputs():
+    """The manifest of the lesion folder (config lesions.folder), so a mask replaced or added there reruns the
+    lesion simulation; nothing for simulated lesions."""
+    if config["lesions"]["source"] != "folder":
+        return []
+    return [update_manifest(config["lesions"]["folder"], LESION_MASK_PATTERNS, "results/inputs/lesions_folder.tsv")]
 
 
 def cbcl_table_path():

@@ -7,6 +7,7 @@ rule simulate_lesions:
         image="results/cropped/{subject}.nii.gz",
         brainmask="results/cropped/{subject}_brainmask.nii.gz",
         val_split="results/cohort/val.txt",
+        lesion_folder=lesion_folder_inputs(),
         code=script_code("simulate_lesions.py"),
     output:
         image="results/lesions/{subject}_draw-{draw}_image.nii.gz",

@@ -1,5 +1,7 @@
 """The CBCL filter, the table readers (ABCD csv, NDA two-header txt, mapped HCP-D names), BIDS discovery, splits."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,8 +66,19 @@ def test_abcd_csv_uses_the_baseline_event(tmp_path):
     table = read_cbcl(path, event="baseline_year_1_arm_1")
     assert list(table.index) == ["NDARINV001", "NDARINV002"]
     assert table.loc["NDARINV002", CBCL_SCORES[0]] == 55.0
-    with pytest.raises(InputError, match="several rows"):
+    with pytest.raises(InputError, match="several rows .*; set config cbcl.event to the event to use"):
         read_cbcl(path, event=None)
+
+
+def test_duplicates_within_the_event_are_not_blamed_on_a_missing_event(tmp_path):
+    """cbcl.event is set and the duplicates are rows of that event: telling the user to set it misleads."""
+    path = tmp_path / "mh_p_cbcl.csv"
+    table = _abcd_table([("NDAR_INV001", _scores()), ("NDAR_INV002", _scores())])
+    pd.concat([table, table.iloc[:1]]).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"1 subject\(s\) have several rows \(e.g. \['NDARINV001'\]\) within event "
+                                         r"'baseline_year_1_arm_1' \(config cbcl.event\): the table must have one row "
+                                         r"per subject and event"):
+        read_cbcl(path, event="baseline_year_1_arm_1")
 
 
 def test_nda_text_export_with_description_row(tmp_path):
@@ -100,6 +113,14 @@ def test_missing_score_columns_are_named(tmp_path):
 
 def test_ids_match_across_spellings():
     assert normalise_id("NDAR_INVABC123") == normalise_id("sub-NDARINVABC123") == "NDARINVABC123"
+
+
+def test_split_fractions_must_add_up_to_one():
+    with pytest.raises(InputError, match=re.escape("config split: train + val + test must be 1, got 0.8 + 0.1 + 0.2 "
+                                                   "= 1.1")):
+        SplitFractions(0.8, 0.1, 0.2)
+    with pytest.raises(InputError, match=re.escape("config split.val: must be in [0, 1], got -0.1")):
+        SplitFractions(1.0, -0.1, 0.1)
 
 
 def test_split_is_seeded_disjoint_and_80_10_10():

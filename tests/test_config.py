@@ -1,7 +1,9 @@
-"""The config schema: defaults fill in, a mistyped key is named, and the schema agrees with the package."""
+"""The config schema: defaults fill in, a mistyped key is named, and the schema agrees with the package; the
+parse-time check (spatial_msma.config_check) names every key a job would reject, before anything runs."""
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ from spatial_msma.baselines.ae import AeConfig
 from spatial_msma.baselines.gradcam import GradcamConfig
 from spatial_msma.baselines.inpaint import InpaintConfig
 from spatial_msma.baselines.restoration import RestorationConfig
+from spatial_msma.config_check import check_config
 from spatial_msma.flow.config import FlowConfig
+from spatial_msma.io import InputError
 from spatial_msma.score.msma import MsmaImageConfig
 from spatial_msma.score.norms import NormsConfig
 from spatial_msma.score.train import ScoreConfig
@@ -85,3 +89,57 @@ def test_schema_defaults_match_the_package(section, cls):
     config = {}
     validate(config, SCHEMA, set_default=True)
     assert config[section] == _dataclass_defaults(cls)
+
+
+def _checked(extra):
+    """check_config on the default config with ``extra`` layered on, as Snakemake would hand it over."""
+    config = _load("config.yaml")
+    for section, values in extra.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    validate(config, SCHEMA, set_default=True)
+    check_config(config, yaml.safe_load(Path(SCHEMA).read_text()))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"seed": 7.0}, "config seed: must be an integer, got 7.0"),
+    ({"score": {"network": {"channels": [16, 32.0, 32]}}}, "config score.network.channels[1]: must be an integer"),
+    ({"split": {"train": 0.8, "val": 0.1, "test": 0.2}}, "config split: train + val + test must be 1, got 0.8 + "
+                                                         "0.1 + 0.2 = 1.1"),
+    ({"score": {"steps": 0}}, "config score.steps: must be an integer >= 1, got 0"),
+    ({"score": {"device": "gpu"}}, "config score.device: 'gpu' is not a device"),
+    ({"flow": {"device": "cuda0"}}, "config flow.device: 'cuda0' is not a device"),
+    ({"ae": {"channels": [4, 8], "strides": [2, 2, 2]}}, "config ae.strides: needs one stride per entry of channels"),
+    ({"score": {"network": {"norm_num_groups": 16}}}, "config score.network: norm_num_groups 16 leaves fewer than 2"),
+    ({"flow": {"global_features": {"heads": 3}}}, "flow.global_features"),
+    ({"evaluation": {"fpr_levels": [0.1, 0.1]}}, "config evaluation.fpr_levels: two levels round to the same"),
+    ({"cbcl": {"columns": {"subject": "id"}}}, "config cbcl.columns: unknown key(s) ['subject']"),
+    ({"cohort": {"source": "bids"}}, "config cohort.bids_dir: required when cohort.source is 'bids'"),
+    ({"cohort": {"source": "bids", "bids_dir": "/path/to/bids", "cbcl_table": "/path/to/cbcl.csv"}},
+     "config cohort.bids_dir: there is no folder /path/to/bids (mistyped, or on a disk that is not mounted?"),
+    ({"lesions": {"source": "folder", "folder": "/no/such/masks"}}, "config lesions.folder: there is no folder"),
+])
+def test_what_a_job_would_reject_is_named_at_parse_time(extra, message):
+    """spatial_msma.config_check: the same classes the jobs build, before Snakemake deletes any output."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        _checked(extra)
+
+
+def test_paths_and_session_are_checked_against_the_disk(tmp_path):
+    bids = tmp_path / "bids"
+    (bids / "sub-01" / "ses-1" / "anat").mkdir(parents=True)
+    (tmp_path / "cbcl.csv").write_text("src_subject_id\n")
+    cohort = {"source": "bids", "bids_dir": str(bids), "cbcl_table": str(tmp_path / "cbcl.csv")}
+    _checked({"cohort": {**cohort, "session": "1"}})
+    with pytest.raises(InputError, match=r"config cohort\.cbcl_table: there is no file"):
+        _checked({"cohort": {**cohort, "cbcl_table": str(tmp_path / "cbcl.tsv")}})
+    with pytest.raises(InputError, match=r"config cohort\.session: no subject in .* has a session folder ses-2"):
+        _checked({"cohort": {**cohort, "session": "2"}})
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "benchmark.yaml", "paper.yaml"])
+def test_shipped_configs_pass_the_parse_time_check(name):
+    """paper.yaml with the built-in cohort standing in for its placeholder paths (README, Scale-out)."""
+    config = _load(name)
+    if name == "paper.yaml":
+        config["cohort"]["source"] = "synthetic"
+    _checked(config)

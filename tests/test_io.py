@@ -1,12 +1,23 @@
-"""Bad input gets a clear error naming the file; writes are atomic."""
+"""Bad input gets a clear error naming the file; writes are atomic and get the umask's mode."""
 
 import gzip
+import os
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from spatial_msma.io import InputError, atomic_path, load_nifti, read_channels, write_channels, write_nifti
+from spatial_msma.io import (
+    InputError,
+    atomic_path,
+    check_device_name,
+    load_nifti,
+    read_channels,
+    write_channels,
+    write_nifti,
+    write_text,
+)
 
 
 def _save(path, data):
@@ -74,3 +85,22 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
     write_nifti(np.ones((2, 2, 2), dtype=bool), np.eye(4), target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
     assert nib.load(str(target)).get_data_dtype() == np.uint8
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """The atomic writer's temporary file is private (0600); the result is what a plain write would be."""
+    old = os.umask(umask)
+    try:
+        write_text("x\n", tmp_path / "table.csv")
+        write_nifti(np.ones((2, 2, 2)), np.eye(4), tmp_path / "image.nii.gz")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"table.csv": mode, "image.nii.gz": mode}
+
+
+def test_device_names_are_checked_with_their_key():
+    assert check_device_name("cuda:1", "flow.device") == "cuda:1"
+    for bad in ("gpu", "cuda0", "", None):
+        with pytest.raises(InputError, match=re.escape(f"config flow.device: {bad!r} is not a device")):
+            check_device_name(bad, "flow.device")

@@ -296,6 +296,17 @@ def test_bad_parameters_raise_clear_errors(tmp_path, subject):
         simulate_lesions(image[:1], brain, affine, {}, 0, "sub-01")
 
 
+def test_a_folder_of_intensity_images_is_named_as_such(tmp_path):
+    """Scans instead of masks: thresholded at 0.5, each was one head-sized lesion, and the error blamed
+    lesions.load_ml. The file and its values are named instead."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    io.write_nifti(np.linspace(0, 900, 512).reshape(8, 8, 8), np.eye(4), folder / "t1.nii.gz")
+    with pytest.raises(io.InputError, match=re.escape(f"lesions.folder {folder}: t1.nii.gz is not a lesion mask "
+                                                      "(values 0 to 900; a mask holds 0 and 1")):
+        load_lesion_library(folder)
+
+
 def test_config_defaults_match_the_schema_and_contrasts_merge_per_channel():
     """The schema and the dataclass both describe the section; one contrast key changes only that value."""
     config = {}

@@ -189,7 +189,7 @@ def test_slurm_profile_takes_account_and_partitions_from_the_environment_only():
         assert not re.search(r"slurm_(account|partition)", smk.read_text()), smk.name
 
 
-@pytest.mark.parametrize("name", ["slurm", "local"])
+@pytest.mark.parametrize("name", ["slurm", "local", "default"])
 def test_every_profile_entry_is_commented(name):
     for line in (REPO / "profiles" / name / "config.yaml").read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):

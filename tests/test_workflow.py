@@ -8,23 +8,28 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
-from spatial_msma.io import read_channels, read_mask
+from spatial_msma.io import read_channels, read_mask, write_nifti
+from spatial_msma.template import load_template
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
+SYNTHETIC_BIDS = "resources/synthetic/bids"
 # What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report")
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report", "profiles")
 
 
 def _snakemake(workdir, *args, check=True):
@@ -250,6 +255,92 @@ def test_mistyped_config_key_is_named(tmp_path):
                              "--configfile", str(bad), "--dry-run"], capture_output=True, text=True)
     assert result.returncode != 0
     assert "voxel_mmm" in result.stdout + result.stderr
+
+
+def _files(folder):
+    """Every file under ``folder`` with its size and modification time: what a deletion or rewrite changes."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    # each of these passed the schema and was rejected only inside a job, after Snakemake deleted its outputs
+    ("split: {train: 0.8, val: 0.1, test: 0.2}", "config split: train + val + test must be 1, got 0.8 + 0.1 + 0.2"),
+    ("score: {steps: 0}", "config score.steps: must be an integer >= 1, got 0"),
+    ("score: {device: gpu}", "config score.device: 'gpu' is not a device; expected 'auto', 'cpu' or 'cuda[:N]'"),
+    ("seed: 7.0", "config seed: must be an integer, got 7.0"),
+    # these planned nothing ("Nothing to be done"): the old synthetic results stood for the new config
+    ("cohort: {source: bids, bids_dir: /mnt/unmounted/bids, cbcl_table: /mnt/unmounted/mh_p_cbcl.csv}",
+     "config cohort.bids_dir: there is no folder /mnt/unmounted/bids"),
+    (REPO / "config" / "paper.yaml", "config cohort.bids_dir: there is no folder /path/to/bids"),
+    ("lesions: {source: folder, folder: /mnt/unmounted/masks}", "config lesions.folder: there is no folder"),
+])
+def test_a_config_mistake_is_named_and_leaves_the_finished_run_untouched(run_dir, tmp_path, setting, message):
+    """A real run (not a dry run) in the folder of a finished run, with one mistake in the config: it stops
+    before any job, names the key, and not one file of results/ is deleted or rewritten."""
+    extra = setting if isinstance(setting, Path) else tmp_path / "mistake.yaml"
+    if not isinstance(setting, Path):
+        extra.write_text(setting + "\n")
+    before = _files(run_dir / "results")
+    result = _snakemake(run_dir, str(extra), "--cores", "2", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr, result.stderr[-3000:]
+    assert _files(run_dir / "results") == before
+
+
+def test_a_mask_added_to_the_lesion_folder_reruns_the_lesions(run_dir, tmp_path):
+    """Snakemake sees the lesion folder only through the config's path; the workflow's manifest of the
+    folder makes a new mask rerun the lesion simulation (and nothing before it). Runs in a copy of the run."""
+    copy = tmp_path / "checkout"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    affine = load_template().affine
+    grid = np.indices((24, 24, 24)).astype(np.float32)
+    ball = ((grid - 12) ** 2).sum(axis=0) <= 16  # a 4 mm sphere at 1 mm, about 260 mm^3
+    write_nifti(ball, affine, masks / "a.nii.gz")
+    extra = tmp_path / "folder.yaml"
+    extra.write_text(f"lesions: {{source: folder, folder: {masks}}}\n")
+    summary = "results/lesions/summary.tsv"
+    _snakemake(copy, str(extra), "--cores", "2", summary)
+    assert _rules_to_rerun(copy, "--configfile", str(TINY), str(extra), targets=[summary]) == set()
+    write_nifti(ball[::2, ::2, ::2], affine @ np.diag([2.0, 2.0, 2.0, 1.0]), masks / "b.nii.gz")
+    rules = _rules_to_rerun(copy, "--configfile", str(TINY), str(extra), targets=[summary])
+    assert {"simulate_lesions", "lesion_summary"} <= rules, rules
+    assert not rules & {"synthetic_cohort", "filter_cohort", "preprocess", "crop"}, rules
+
+
+def test_the_same_command_recovers_after_kill_9(tmp_path):
+    """kill -9 of Snakemake and its job while the built-in cohort is half written: rerunning the same command
+    must ask neither for --unlock (the killed run's lock) nor for --rerun-incomplete (its half-written folder)."""
+    target = "results/cohort/participants.tsv"
+    command = [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+               str(TINY), "--cores", "1", target]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    bids = tmp_path / SYNTHETIC_BIDS
+    deadline = time.monotonic() + 300
+    while not (bids.is_dir() and any(bids.glob("sub-*"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, "the job ended before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert any((tmp_path / ".snakemake" / "locks").iterdir()), "the killed run left no lock: nothing tested"
+    assert any((tmp_path / ".snakemake" / "incomplete").iterdir()), "no incomplete output: nothing tested"
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"process {run.pid}" in rerun.stderr  # the lock it removed
+    assert pd.read_csv(tmp_path / target, sep="\t")["included"].sum() > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the config asks for")
+def test_use_gpu_without_cuda_stops_before_the_first_job(tmp_path):
+    """use_gpu on a machine without CUDA, jobs run locally: it used to run every CPU stage and fail at score
+    training; it stops before the first job, naming the key."""
+    result = _snakemake(tmp_path, "--config", "use_gpu=True", "--cores", "1", "results/cohort/participants.tsv",
+                        check=False)
+    assert result.returncode != 0
+    assert "config use_gpu: asks for a GPU, but torch finds no CUDA device on this machine" in result.stderr
+    assert not (tmp_path / "resources").exists() and not (tmp_path / "results").exists()
 
 
 def test_report_carries_tables_and_figures(run_dir):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import InputError, load_nifti
+from .io import InputError, check_number, load_nifti
 
 CBCL_SYNDROMES = tuple(
     f"cbcl_scr_syn_{name}_t"
@@ -42,6 +42,16 @@ def normalise_id(raw: str) -> str:
 # --------------------------------------------------------------------------------------------- CBCL tables
 
 
+def column_names(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """This project's (ABCD) column names -> the table's, after the ``cbcl.columns`` map; a key of the map
+    that is not one of this project's names is an :class:`InputError` naming it."""
+    names = {key: key for key in (SUBJECT_COLUMN, EVENT_COLUMN, *CBCL_SCORES)}
+    unknown = sorted(set(columns or {}) - set(names))
+    if unknown:
+        raise InputError(f"config cbcl.columns: unknown key(s) {unknown}; keys are this project's ABCD column names")
+    return {**names, **(columns or {})}
+
+
 def read_cbcl(path: str | Path, columns: Mapping[str, str] | None = None, event: str | None = None) -> pd.DataFrame:
     """Read a CBCL table and return one row per subject: index = normalised id, columns = the 11 t-scores.
 
@@ -58,11 +68,7 @@ def read_cbcl(path: str | Path, columns: Mapping[str, str] | None = None, event:
         raw = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(f"CBCL table {path}: cannot be parsed ({err})") from err
-    names = {key: key for key in (SUBJECT_COLUMN, EVENT_COLUMN, *CBCL_SCORES)}
-    names.update(columns or {})
-    unknown = sorted(set(columns or {}) - set(names))
-    if unknown:
-        raise InputError(f"config cbcl.columns: unknown key(s) {unknown}; keys are this project's ABCD column names")
+    names = column_names(columns)
     needed = [names[SUBJECT_COLUMN], *(names[c] for c in CBCL_SCORES)]
     if event is not None:
         needed.append(names[EVENT_COLUMN])
@@ -84,10 +90,10 @@ def read_cbcl(path: str | Path, columns: Mapping[str, str] | None = None, event:
     table.index = [normalise_id(s) for s in table["cbcl_id"]]
     duplicated = table.index[table.index.duplicated()].unique().tolist()
     if duplicated:
-        raise InputError(
-            f"CBCL table {path}: {len(duplicated)} subject(s) have several rows (e.g. {duplicated[:3]}); "
-            "set config cbcl.event to the event to use"
-        )
+        hint = (f" within event {event!r} (config cbcl.event): the table must have one row per subject and event"
+                if event is not None else "; set config cbcl.event to the event to use")
+        raise InputError(f"CBCL table {path}: {len(duplicated)} subject(s) have several rows "
+                         f"(e.g. {duplicated[:3]}){hint}")
     return table
 
 
@@ -136,10 +142,11 @@ def find_scans(bids_dir: str | Path, session: str | None = None) -> dict[str, di
     return found
 
 
-def image_problem(path: Path | None, modality: str) -> str:
-    """Why a scan cannot be used ("" if it can): missing, unreadable/truncated, not 3D, NaNs, empty."""
+def image_problem(path: Path | None, modality: str, session: str | None = None) -> str:
+    """Why a scan cannot be used ("" if it can): missing (in the configured session, if one is), unreadable or
+    truncated, not 3D, NaNs, empty."""
     if path is None:
-        return f"missing {modality}"
+        return f"missing {modality}" + (f" in session ses-{session} (config cohort.session)" if session else "")
     try:
         img = load_nifti(path, ndim=3, what=modality)
     except InputError as err:
@@ -154,15 +161,23 @@ def image_problem(path: Path | None, modality: str) -> str:
 
 @dataclass(frozen=True)
 class SplitFractions:
+    """The ``split`` config section: the shares of train, val and test, which must add up to 1."""
+
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
 
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            check_number(getattr(self, name), f"split.{name}", 0, high=1)
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise InputError(f"config split: train + val + test must be 1, got {self.train:g} + {self.val:g} + "
+                             f"{self.test:g} = {total:g}")
+
 
 def split_subjects(subjects: list[str], fractions: SplitFractions, seed: int) -> dict[str, list[str]]:
     """Seeded train/val/test split. Validation and test get ``round(n * fraction)`` (at least 1) subjects each."""
-    if abs(fractions.train + fractions.val + fractions.test - 1.0) > 1e-6:
-        raise InputError(f"config split: fractions must sum to 1, got {fractions}")
     n = len(subjects)
     n_val = max(1, int(round(n * fractions.val)))
     n_test = max(1, int(round(n * fractions.test)))
@@ -203,8 +218,8 @@ def build_participants(
 
     jobs = [(s, m, scans[s][m]) for s in scans for m in MODALITIES]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        problems = dict(zip([(s, m) for s, m, _ in jobs], pool.map(lambda j: image_problem(j[2], j[1]), jobs),
-                            strict=True))
+        problems = dict(zip([(s, m) for s, m, _ in jobs],
+                            pool.map(lambda j: image_problem(j[2], j[1], session), jobs), strict=True))
 
     rows = []
     for subject, files in scans.items():
@@ -229,11 +244,19 @@ def build_participants(
         })
         rows.append(row)
     participants = pd.DataFrame(rows)
-    splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed)
+    excluded = participants[~participants.included]
+    for _, row in excluded.iterrows():
+        logger.info("excluded %s: %s", row.participant_id, row.reason)
+    try:
+        splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed)
+    except InputError as err:
+        if excluded.empty:
+            raise
+        reason, count = next(iter(excluded.reason.value_counts().items()))
+        raise InputError(f"{err}. {len(excluded)} of {len(participants)} subjects were excluded, the most often "
+                         f"({count}) for: {reason} (each subject's reason is in this rule's log)") from err
     split_of = {s: name for name, members in splits.items() for s in members}
     participants["split"] = [split_of.get(s, "") for s in participants.participant_id]
-    for _, row in participants[~participants.included].iterrows():
-        logger.info("excluded %s: %s", row.participant_id, row.reason)
     logger.info("included %d of %d; split %s", int(participants.included.sum()), len(participants),
                 {k: len(v) for k, v in splits.items()})
     return participants, splits

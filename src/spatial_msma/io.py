@@ -2,7 +2,8 @@
 
 Every reader raises :class:`InputError` with the offending path and the problem in plain words, so a
 user with a broken cohort sees *which* file is wrong; every writer goes through a temporary file in the
-target directory and an ``os.replace`` so a killed job never leaves a half-written output behind.
+target directory and an ``os.replace`` so a killed job never leaves a half-written output behind, with the
+permissions any plain write would give (the user's umask), so a lab group can read a colleague's results.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gzip
 import json
 import math
 import os
+import re
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -99,12 +101,30 @@ def check_numbers(cfg: object, section: str, keys: Iterable[str], low: float | N
         check_number(getattr(cfg, key), f"{section}.{key}", low, **bounds)
 
 
+def check_device_name(name: object, where: str) -> str:
+    """``name`` of config key ``where`` (e.g. ``score.device``) if it names a torch device this workflow runs
+    on (``auto``, ``cpu``, ``cuda``, ``cuda:N``); otherwise an :class:`InputError` naming the key. Whether a
+    CUDA device is really there is only known on the machine that runs the job."""
+    if not isinstance(name, str) or not (name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name)):
+        raise InputError(f"config {where}: {name!r} is not a device; expected 'auto', 'cpu' or 'cuda[:N]'")
+    return name
+
+
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the user's umask leaves it: what ``open()`` would give a new file. (Reading the umask
+    means setting it; it is set straight back.)"""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; on success it is renamed onto ``path``, on error removed.
 
     The temporary name keeps the final suffix (``.nii.gz``, ``.csv`` ...) so writers that pick a format
-    from the extension behave the same.
+    from the extension behave the same. ``mkstemp`` creates the file private (0600); it gets the mode a plain
+    write would (:func:`umask_mode`) before it takes the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +134,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, umask_mode())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

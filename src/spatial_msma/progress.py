@@ -1,9 +1,12 @@
-"""Progress lines for long loops: steps done, steps/s and ETA, written to a logger at a fixed interval."""
+"""Progress lines for long loops (steps done, steps/s and ETA, written to a logger at a fixed interval), and the
+logger of a workflow script, which writes to the rule's log file."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from types import TracebackType
 
 
 class Progress:
@@ -39,7 +42,12 @@ class Progress:
 
 
 def script_logger(log_path: str | None, name: str = "spatial_msma") -> logging.Logger:
-    """The logger a workflow script uses: INFO lines with timestamps to the rule's ``log:`` file (and stderr)."""
+    """The logger a workflow script uses: INFO lines with timestamps to the rule's ``log:`` file (and stderr).
+
+    It also becomes the script's last word: an exception that ends the script is written to the log (message
+    and traceback), because a failed job's Snakemake error says "see the log", and without this the log would
+    hold only what came before the failure (see :func:`log_uncaught_exceptions`).
+    """
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.handlers.clear()
@@ -51,4 +59,18 @@ def script_logger(log_path: str | None, name: str = "spatial_msma") -> logging.L
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     logger.propagate = False
+    log_uncaught_exceptions(logger)
     return logger
+
+
+def log_uncaught_exceptions(logger: logging.Logger) -> None:
+    """Send an exception that would end the process to ``logger`` (ERROR, with its traceback) instead of
+    Python's plain print to stderr; the logger's stderr handler still shows it there."""
+
+    def hook(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, value, traceback)
+            return
+        logger.error("failed: %s: %s", kind.__name__, value, exc_info=(kind, value, traceback))
+
+    sys.excepthook = hook

@@ -7,7 +7,7 @@ from spatial_msma.progress import script_logger
 sm = snakemake  # noqa: F821
 logger = script_logger(sm.log[0])
 participants, splits = build_participants(
-    sm.input.bids,
+    sm.params.bids_dir,
     sm.params.cbcl_table,
     columns=sm.params.cbcl["columns"],
     event=sm.params.cbcl["event"],

@@ -1,6 +1,8 @@
 """Snakemake entry point: MS-MIST-style lesions for one subject -> lesioned image, ground-truth mask, lesion table.
 
-input: image (cropped 2-channel NIfTI), brainmask; output: image, mask, table (TSV, one row per lesion);
+input: image (cropped 2-channel NIfTI), brainmask, lesion_folder (with lesions from a folder: its manifest, only so
+that a changed mask reruns this; the masks are read from the config's folder); output: image, mask, table (TSV,
+one row per lesion);
 params: cfg (the ``lesions`` config section), seed (int), volume (the lesioned volume's id,
 ``{subject}_draw-{k}``: the volume's own seed is derived from both, so every draw is another placement).
 """

@@ -83,7 +83,13 @@ def load_lesion_library(folder: str | os.PathLike, min_volume_mm3: float = 0.0) 
     lesions: list[LibraryLesion] = []
     for path in files:
         img = io.load_nifti(path, ndim=3, what="lesion mask")
-        data = np.asarray(img.dataobj) > 0.5
+        values = np.asarray(img.dataobj)
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            # an intensity image thresholded at 0.5 would be one head-sized "lesion", reported as too large
+            raise io.InputError(f"lesions.folder {folder}: {path.name} is not a lesion mask (values {low:g} to "
+                                f"{high:g}; a mask holds 0 and 1, or probabilities in [0, 1])")
+        data = values > 0.5
         labels, n = ndi.label(data, structure=np.ones((3, 3, 3)))
         voxel_volume = float(abs(np.linalg.det(img.affine[:3, :3])))
         for index, box in enumerate(ndi.find_objects(labels), start=1):
