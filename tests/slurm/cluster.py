@@ -10,9 +10,10 @@ Each setting below was learned from a hang or a failure of an earlier bring-up o
 - The config must also be reachable at /etc/slurm/slurm.conf: the executor plugin's job step clears every
   SLURM_* variable (SLURM_CONF too) before its inner srun. A symlink is made there and removed on `down`;
   a slurm.conf that is not ours is never touched (`up` fails instead).
-- No slurmdbd, so no sacct: the profile must use `slurm-status-command: squeue`, and MinJobAge=300 keeps
-  finished jobs visible to squeue long enough (with a small MinJobAge the plugin falls back to sacct and
-  hangs). jobcomp/filetxt writes one line per finished job to DIR/jobcomp.txt: the proof that jobs ran.
+- No slurmdbd, so no sacct: the profile must use `slurm-status-command: squeue`, and MinJobAge=3600 keeps
+  finished jobs visible to squeue, and to the test's scontrol checks after a run of several minutes (with a
+  small MinJobAge the plugin falls back to sacct and hangs; with 300 s the first jobs were gone by then).
+  jobcomp/filetxt writes one line per finished job to DIR/jobcomp.txt: the proof that jobs ran.
 - One fake GPU (gres gpu:1, File=/dev/null) so a rule's `gpu: 1` (sbatch --gpus=1) is scheduled for real.
 - The node declares at least NODE_MEM_MB of memory (SlurmdParameters=config_overrides) so the profile's
   paper-sized memory requests (up to 64 GB) are accepted; the test's jobs use well under 2 GB each. Its CPU
@@ -132,7 +133,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={root}/jobcomp.txt
-MinJobAge=300
+MinJobAge=3600
 MailProg=/bin/true
 ReturnToService=2
 SlurmdParameters=config_overrides
