@@ -7,6 +7,8 @@ rule train_ae:
         train=lambda wc: set_images("train"),
         val=lambda wc: set_images("val"),
         code=script_code("train_ae.py"),
+        # ordering only (not read): see ae_after_score_model in config/schema.yaml
+        after_score_model=lambda wc: f"{wc.run}/models/score/model.pt" if config["ae_after_score_model"] else [],
     output:
         model="{run}/models/ae/model.pt",
         log="{run}/models/ae/training_log.csv",
