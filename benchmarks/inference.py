@@ -48,6 +48,7 @@ from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.data import SubjectData, transform_norms
 from spatial_msma.flow.heatmap import DensityModel, load_density_model, subject_heatmap
 from spatial_msma.flow.model import ModelMeta, SpatialFlow
+from spatial_msma.lesions.volumes import subject_of
 from spatial_msma.methods import display_name, table1_keys
 from spatial_msma.score.msma import select_levels
 from spatial_msma.score.network import ScoreModel, load_score_model
@@ -78,7 +79,7 @@ class EndToEndSpatialMsma:
         levels = np.asarray(self.flow.meta.levels)
         features = transform_norms(patch[levels][:, case.brain].T, self.train_cfg.log_transform,
                                    self.train_cfg.log_eps)
-        data = SubjectData(case.subject, np.ascontiguousarray(features), np.argwhere(case.brain).astype(np.int64),
+        data = SubjectData(case.image_id, np.ascontiguousarray(features), np.argwhere(case.brain).astype(np.int64),
                            case.image, case.brain, case.affine, self.sigmas)
         s = self.scoring
         return subject_heatmap(self.flow, data, s.one_sided, s.chunk_voxels, torch.device("cpu"), s.mode_stride,
@@ -183,7 +184,7 @@ def main() -> None:
         raise SystemExit(f"{work}: need results/models/score/model.pt and at least 2 images")
     cases = []
     for path in chosen:
-        subject = path.name.split("_image")[0].removesuffix(".nii.gz")
+        subject = subject_of(path.name.split("_image")[0].removesuffix(".nii.gz"))  # a lesion draw's subject
         cases.append(read_case(path, work / "results/cropped" / f"{subject}_brainmask.nii.gz"))
     score_model = load_score_model(model_path)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {len(cases)} images of "
@@ -210,7 +211,7 @@ def main() -> None:
             if k:
                 times.append(time.perf_counter() - t0)
             if heat.shape != case.brain.shape or not np.isfinite(heat).all():
-                raise SystemExit(f"{method}: bad heatmap for {case.subject}")
+                raise SystemExit(f"{method}: bad heatmap for {case.image_id}")
         rows.append((method, float(np.median(times)), detail))
         print(f"  {display_name(method)}: {rows[-1][1]:.3g} s per volume ({detail})", flush=True)
 
