@@ -424,6 +424,7 @@ def test_a_fresh_checkout_applies_a_copied_bundle_without_training(run_dir, tmp_
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, clone / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, clone / name)
     bundle = tmp_path / "copied_bundle"
     shutil.copytree(run_dir / "results/bundle", bundle)
