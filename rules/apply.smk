@@ -176,7 +176,6 @@ rule apply_agreement:
         summary=f"{CHECK_ROOT}/agreement_summary.csv",
     params:
         volumes=lambda wc: set_volumes("test_lesioned"),
-        cfg=section_scope("evaluation", "metrics"),
     log:
         f"{CHECK_ROOT}/logs/agreement.log",
     benchmark:

@@ -188,10 +188,21 @@ def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return img.get_fdata(dtype=np.float32) > 0.5, img.affine
 
 
+def read_labels(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a label image (0 = background, a positive id per region) as an int32 (X, Y, Z) array and its
+    affine."""
+    img = load_nifti(path, ndim=3, what="label image")
+    return np.rint(img.get_fdata(dtype=np.float32)).astype(np.int32), img.affine
+
+
 def write_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> None:
-    """Write a 3D array (or (X, Y, Z, C)) atomically; bool -> uint8, everything else float32."""
+    """Write a 3D array (or (X, Y, Z, C)) atomically; bool -> uint8, integers (label images) -> int32,
+    everything else float32."""
     arr = np.asarray(data)
-    arr = arr.astype(np.uint8) if arr.dtype == bool else arr.astype(np.float32)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    else:
+        arr = arr.astype(np.int32 if np.issubdtype(arr.dtype, np.integer) else np.float32)
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.set_data_dtype(arr.dtype)
     img.header.set_xyzt_units("mm", "sec")

@@ -4,7 +4,9 @@ The steps are the training run's own functions, in its order: preprocessing (reg
 skull stripping, resampling, scaling: :func:`~spatial_msma.preprocess.preprocess_in`), the crop box, the
 score-norm cache, the flow heatmap (:class:`~spatial_msma.flow.heatmap.FlowDetector`), the evaluated region,
 the deployable threshold and the post-processing (:func:`~spatial_msma.evaluation.postprocess.segment`);
-then the inverted registration carries the heatmap and the mask onto the T1w grid (:mod:`.native`).
+the segmentation's lesions are labelled there (the evaluation's component connectivity), and the inverted
+registration carries the heatmap and the lesion labels onto the T1w grid (:mod:`.native`): one lesion on the
+template grid stays one lesion, with one row in the per-lesion table, however the finer grid resamples it.
 
 A subject whose input is unusable (no T2w, a 4D or NaN or unreadable file, a registration that fails its
 quality check) is refused: its status file says why, and the other subjects are not affected.
@@ -28,12 +30,12 @@ import numpy as np
 
 from spatial_msma import io
 from spatial_msma.apply.bundle import Bundle, open_bundle
-from spatial_msma.apply.native import lesion_table, overlay_figure, refusal_figure, to_native
+from spatial_msma.apply.native import carry_labels, lesion_table, overlay_figure, refusal_figure, to_native
 from spatial_msma.crop import apply_crop, cropped_affine
 from spatial_msma.detector import masked, read_case
 from spatial_msma.evaluation.config import EvaluationConfig
 from spatial_msma.evaluation.pipeline import deployable_threshold, load_region_case, load_thresholds
-from spatial_msma.evaluation.postprocess import rim_for, segment
+from spatial_msma.evaluation.postprocess import label_components, rim_for, segment
 from spatial_msma.flow.config import FlowConfig
 from spatial_msma.flow.heatmap import DensityModel, FlowDetector, load_density_model
 from spatial_msma.io import InputError
@@ -58,10 +60,11 @@ STEPS = ("read and register", "score norms and heatmap", "threshold", "native sp
 
 def outputs(out_dir: str | os.PathLike, subject: str) -> dict[str, Path]:
     """The files of one subject under ``out_dir`` (``{subject}_*``; intermediate template-space files in
-    ``template/``)."""
+    ``template/``). ``mask`` is the binary lesion mask, ``labels`` the same voxels holding their lesion's
+    number in ``table`` (an integer image, 0 outside the lesions)."""
     root = Path(out_dir)
     names = {"status": "status.json", "overlay": "overlay.png", "heatmap": "heatmap.nii.gz",
-             "mask": "lesions.nii.gz", "table": "lesions.csv"}
+             "mask": "lesions.nii.gz", "labels": "lesion_labels.nii.gz", "table": "lesions.csv"}
     return {key: root / f"{subject}_{name}" for key, name in names.items()} | {"template": root / "template"}
 
 
@@ -155,7 +158,7 @@ def apply_subject(model: ApplyModel, subject: str, t1w: str, t2w: str, out_dir: 
         status["status"], status["reason"] = "ok", ""
     except InputError as err:
         logger.error("%s refused: %s", subject, err)
-        for key in ("heatmap", "mask", "table"):
+        for key in ("heatmap", "mask", "labels", "table"):
             files[key].unlink(missing_ok=True)
         shutil.rmtree(files["template"], ignore_errors=True)
         refusal_figure(subject, str(err), files["overlay"])
@@ -186,27 +189,33 @@ def _apply(model: ApplyModel, subject: str, t1w: str, t2w: str, files: dict[str,
         heat, case_brain, affine = model.template_heatmap(prep, subject, template_dir, logger)
         done("score norms and heatmap")
         segmentation = model.segment(subject, template_dir)
+        template_labels, n_template = label_components(segmentation, model.evaluation.component_connectivity_metrics)
         done("threshold")
         native_affine = io.load_nifti(t1w, ndim=3, what="T1w").affine
         native_brain = to_native(case_brain, affine, prep.t1, prep.from_template, prep.from_template_invert,
                                  "genericLabel") > 0.5
         native_heat = to_native(heat, affine, prep.t1, prep.from_template, prep.from_template_invert, "linear")
         native_heat = np.where(native_brain, native_heat, 0.0).astype(np.float32)  # 0 outside the brain, as on the grid
-        native_mask = to_native(segmentation, affine, prep.t1, prep.from_template, prep.from_template_invert,
-                                "genericLabel") > 0.5
+        native_labels = carry_labels(template_labels, affine, prep.t1, prep.from_template, prep.from_template_invert)
         # the T2w on the T1w grid (the rigid T2w -> T1w registration), for the overlay
         t2_on_t1 = ants.apply_transforms(prep.t1, prep.t2, prep.t2_to_t1, interpolator="linear").numpy()
         done("native space")
+    table, native_labels = lesion_table(native_labels, native_heat, native_affine, model.threshold, model.protocol)
+    lost = n_template - len(table)
+    if lost:  # dropped: a row needs voxels for its volume, centroid and scores
+        logger.warning("%s: %d of the %d lesions found on the template grid have no voxel on the T1w grid (outside "
+                       "its field of view, or thinner than its voxels); they are not in the mask or the table",
+                       subject, lost, n_template)
     io.write_nifti(native_heat, native_affine, files["heatmap"])
-    io.write_nifti(native_mask, native_affine, files["mask"])
-    table = lesion_table(native_mask, native_heat, native_affine, model.threshold, model.protocol,
-                         model.evaluation.component_connectivity_metrics)
+    io.write_nifti(native_labels > 0, native_affine, files["mask"])
+    io.write_nifti(native_labels, native_affine, files["labels"])
     io.write_table(table, files["table"])
     title = (f"{subject}: {len(table)} lesion(s), {table['volume_mm3'].sum() / 1000:.2f} mL at the "
              f"{model.protocol} threshold ({model.threshold:.4g})")
-    overlay_figure(prep.t1.numpy(), t2_on_t1, native_heat, native_mask, native_affine, title, files["overlay"])
+    overlay_figure(prep.t1.numpy(), t2_on_t1, native_heat, native_labels, native_affine, title, files["overlay"])
     done("table and figure")
     logger.info("%s", title)
-    return {"n_lesions": len(table), "lesion_volume_ml": round(float(table["volume_mm3"].sum()) / 1000, 3),
+    return {"n_lesions": len(table), "n_lesions_lost": lost,
+            "lesion_volume_ml": round(float(table["volume_mm3"].sum()) / 1000, 3),
             "largest_lesion_mm3": float(table["volume_mm3"].max()) if len(table) else 0.0,
             "peak_score": float(table["peak_score"].max()) if len(table) else None}

@@ -11,8 +11,8 @@ import pandas as pd
 
 from spatial_msma import io
 
-SUMMARY_COLUMNS = ("subject", "status", "reason", "n_lesions", "lesion_volume_ml", "largest_lesion_mm3",
-                   "peak_score", "protocol", "threshold", "seconds", "t1w", "t2w")
+SUMMARY_COLUMNS = ("subject", "status", "reason", "n_lesions", "n_lesions_lost", "lesion_volume_ml",
+                   "largest_lesion_mm3", "peak_score", "protocol", "threshold", "seconds", "t1w", "t2w")
 
 
 def summary_table(status_files: Sequence[str | os.PathLike], out_csv: str | os.PathLike,

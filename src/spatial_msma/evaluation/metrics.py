@@ -138,23 +138,40 @@ class ComponentCounts:
 
 
 def component_counts(
-    reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm3: float, connectivity: int = 3
+    reference: np.ndarray, prediction: np.ndarray, voxel_volume_mm3: float, connectivity: int = 3,
+    labelled: bool = False,
 ) -> ComponentCounts:
-    """Count detected/missed lesions (also per MS-MIST size bin) and true/false predicted components."""
-    ref_labels, n_ref = label_components(reference, connectivity)
-    pred_labels, n_pred = label_components(prediction, connectivity)
-    hit_pred = np.unique(pred_labels[reference.astype(bool) & (pred_labels > 0)])
-    detected = np.zeros(n_ref + 1, dtype=bool)
-    detected[np.unique(ref_labels[prediction.astype(bool)])] = True
-    detected = detected[1:]
-    volumes = np.bincount(ref_labels.ravel(), minlength=n_ref + 1)[1:] * voxel_volume_mm3
+    """Count detected/missed lesions (also per MS-MIST size bin) and true/false predicted components.
+
+    ``labelled=False``: ``reference`` and ``prediction`` are masks, whose components are labelled here with
+    ``connectivity``. ``labelled=True``: both are label images already (0 = background, one positive id per
+    component, ids need not be consecutive), counted by id and never relabelled, so a component defined on
+    another grid stays one component: the apply check's lesions, labelled on the template grid and carried
+    to a finer native grid where resampling can leave the pieces of one lesion apart. An id without a voxel
+    is not counted; ``connectivity`` is not used.
+    """
+    if labelled:
+        ref_labels, pred_labels = np.asarray(reference, dtype=np.int64), np.asarray(prediction, dtype=np.int64)
+    else:
+        ref_labels = label_components(reference, connectivity)[0]
+        pred_labels = label_components(prediction, connectivity)[0]
+    ref_sizes = np.bincount(ref_labels.ravel())
+    ref_present, pred_present = ref_sizes > 0, np.bincount(pred_labels.ravel()) > 0
+    ref_present[0] = pred_present[0] = False  # the background
+    hit_ref = np.zeros(len(ref_sizes), dtype=bool)
+    hit_ref[ref_labels[pred_labels > 0]] = True
+    hit_pred = np.zeros(len(pred_present), dtype=bool)
+    hit_pred[pred_labels[ref_labels > 0]] = True
+    detected = hit_ref[ref_present]
+    volumes = ref_sizes[ref_present] * voxel_volume_mm3
     bins = np.searchsorted(np.asarray(SIZE_BIN_EDGES_MM3[1:-1]), volumes, side="right")
     n_bins = len(SIZE_BIN_NAMES)
+    pred_tp = int((hit_pred & pred_present).sum())
     return ComponentCounts(
         gt_detected=int(detected.sum()),
         gt_missed=int((~detected).sum()),
-        pred_tp=len(hit_pred),
-        pred_fp=n_pred - len(hit_pred),
+        pred_tp=pred_tp,
+        pred_fp=int(pred_present.sum()) - pred_tp,
         bin_detected=tuple(int(v) for v in np.bincount(bins[detected], minlength=n_bins)),
         bin_missed=tuple(int(v) for v in np.bincount(bins[~detected], minlength=n_bins)),
     )
