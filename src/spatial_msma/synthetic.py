@@ -41,7 +41,7 @@ import torch
 from scipy import ndimage
 
 from .anatomies import anatomy_files, anatomy_name, intensity_tables, load_anatomy, tissue_index
-from .cohort import CBCL_SCORES, CBCL_SUMMARIES, CBCL_SYNDROMES
+from .cohort import CBCL_SCORES, CBCL_SUMMARIES, CBCL_SYNDROMES, LABELS_DERIVATIVE
 from .io import atomic_path, write_json, write_table
 from .template import load_template
 
@@ -54,7 +54,6 @@ ANATOMIES = ("mni152", "labelmaps")
 PARTIAL_VOLUME_SD_MM = 0.6
 #: Seed-stream offset of the anatomy permutation (subjects use [seed, index], the CBCL table [seed, 10_000]).
 ANATOMY_STREAM = 30_000
-LABELS_DERIVATIVE = "derivatives/synthetic-labels"
 
 
 @dataclass(frozen=True)
