@@ -75,15 +75,15 @@ TISSUES: dict[str, Tissue] = {
 #: Every brain label (what the anatomy's brain centre is computed from).
 BRAIN_LABELS = (2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 25, 26, 28, 30, 41, 42, 43, 44, 46, 47,
                 49, 50, 51, 52, 53, 54, 57, 58, 60, 62, 72, 85)
-#: Label groups of the registration check, compared with the template's tissue classes (template.py maps,
-#: see :func:`spatial_msma.registration_qc.template_classes`): white matter (cerebral and cerebellar white
-#: matter, brainstem, ventral diencephalon, lesion labels), grey matter (cerebral and cerebellar cortex and the
-#: deep grey nuclei: thalamus, caudate, putamen, pallidum, accumbens, hippocampus, amygdala), ventricles
-#: (lateral, inferior lateral, 3rd, 4th, 5th).
+#: Label groups of the registration check, compared with the template's tissue classes
+#: (:mod:`spatial_msma.registration_qc`): white matter (cerebral and cerebellar white matter, brainstem,
+#: ventral diencephalon, optic chiasm, lesion labels), grey matter (cerebral and cerebellar cortex and the deep
+#: grey nuclei: thalamus, caudate, putamen, pallidum, accumbens, hippocampus, amygdala), ventricles (the
+#: lateral ventricles: what the template's CSF map can be told apart for; see registration_qc).
 DICE_TISSUES: dict[str, tuple[int, ...]] = {
     "wm": (2, 41, 7, 46, 16, 28, 60, 25, 57, 85),
     "gm": (3, 42, 8, 47, 10, 49, 11, 50, 12, 51, 13, 52, 26, 58, 17, 53, 18, 54),
-    "ventricles": (4, 43, 5, 44, 14, 15, 72),
+    "ventricles": (4, 43),
 }
 MAX_LABEL = 531
 
