@@ -124,11 +124,16 @@ def _downsample(img: ants.ANTsImage, voxel_mm: float) -> ants.ANTsImage:
     return ants.resample_image(img, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
 
 
-def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, initial=None) -> dict:
+def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, initial=None,
+              dense: bool = False) -> dict:
+    """One antspyx registration. ``dense``: the linear stage's metric on every voxel instead of antspyx's random
+    20 % (on the 4 mm grid the sampled metric let some real heads settle ~15 % off: benchmarks/README.md,
+    Registration of real heads)."""
     # outprefix keeps ANTs' transform files in the job's own temp dir (it never deletes them itself).
+    extra = {"aff_random_sampling_rate": 1.0} if dense else {}
     reg = ants.registration(
         fixed=fixed, moving=moving, type_of_transform=transform, mask=mask, initial_transform=initial,
-        outprefix=str(Path(workdir) / f"{tag}_"), verbose=False,
+        outprefix=str(Path(workdir) / f"{tag}_"), verbose=False, **extra,
     )
     return reg
 
@@ -224,7 +229,8 @@ def preprocess_in(
         # head template, with the configured transform.
         head = head_template(reg_template, reg_template_mask)
         first = _register(reg_template, t1_small, "Rigid", work, "head")
-        brain_reg = _register(head, t1_small, settings.transform, work, "brain", initial=first["fwdtransforms"][0])
+        brain_reg = _register(head, t1_small, settings.transform, work, "brain", initial=first["fwdtransforms"][0],
+                              dense=True)
         to_template = brain_reg["fwdtransforms"]
         # Subject-specific mask: template mask pulled back through a SyN warp of the aligned head onto the head
         # template (brain edge onto brain edge; a subject masked by a dilated mask instead, against the brain

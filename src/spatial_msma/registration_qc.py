@@ -38,7 +38,7 @@ CLASSES = {"wm": 1, "gm": 2, "ventricles": 3}
 #: (low, high) MNI mm per axis (x, y, z) of the region the ventricle Dice is taken in, on both sides.
 VENTRICLE_BOX = ((-30.0, 30.0), (-45.0, 35.0), (0.0, 35.0))
 #: A subject below any of these is flagged (config registration_qc.min_dice overrides them).
-DEFAULT_MIN_DICE = {"wm": 0.6, "gm": 0.5, "ventricles": 0.5}
+DEFAULT_MIN_DICE = {"wm": 0.45, "gm": 0.4, "ventricles": 0.15}
 
 
 def _box(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
