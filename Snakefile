@@ -50,6 +50,7 @@ rule all:
         "results/figures/lesions.png",
         "results/figures/cohort.png",
         "results/cropped/manifest.tsv",
+        registration_qc_targets(),
         "results/diagnostics/score_levels.csv",
         "results/validation/table.csv",
         ["results/diagnostics/ablations.csv"] if config["diagnostics"]["ablations"] else [],

@@ -4,6 +4,7 @@
 rule synthetic_cohort:
     input:
         code=script_code("synthetic_cohort.py"),
+        anatomies=anatomy_inputs(),
     output:
         directory(SYNTHETIC_BIDS),
     params:

@@ -92,6 +92,32 @@ def section_scope(section, kind):
     return scope(section, config[section], kind)
 
 
+ANATOMY_DIR = Path(workflow.basedir) / "resources" / "anatomies"
+
+
+def label_map_cohort():
+    """The built-in cohort made from the 20 head label maps (synthetic.anatomy: labelmaps): its subjects come
+    with label maps, so preprocessing also checks each registration (results/qc/registration_dice.tsv)."""
+    return config["cohort"]["source"] == "synthetic" and config["synthetic"]["anatomy"] == "labelmaps"
+
+
+def anatomy_inputs():
+    """The label maps the built-in cohort is made from (none for the MNI-template cohort), relative to the
+    working directory as script_code's paths are."""
+    if not label_map_cohort():
+        return []
+    return [os.path.relpath(path) for path in sorted(ANATOMY_DIR.glob("training_seg_*.nii.gz"))]
+
+
+def registration_qc_outputs():
+    """The per-subject registration check, an output of preprocess for the label-map cohort only."""
+    return {"dice": "results/qc/registration/{subject}.tsv"} if label_map_cohort() else {}
+
+
+def registration_qc_targets():
+    return ["results/qc/registration_dice.tsv"] if label_map_cohort() else []
+
+
 def bids_dir():
     return SYNTHETIC_BIDS if config["cohort"]["source"] == "synthetic" else config["cohort"]["bids_dir"]
 
@@ -129,6 +155,10 @@ def included_subjects():
     return sorted(split_members("train") + split_members("val") + split_members("test"))
 
 
+#: The template's tissue classes on its 1 mm grid (spatial_msma.registration_qc), for the registration check.
+TEMPLATE_TISSUES = "results/template/res-1mm_tissue_classes.nii.gz"
+
+
 def template_images(voxel_mm):
     """Template T1 and brain mask files at one voxel size (rule template_images), read by every preprocess job."""
     stem = f"results/template/res-{float(voxel_mm):g}mm"
@@ -143,7 +173,19 @@ def scans_of(subject):
 
 
 def subject_scans(wildcards):
-    return scans_of(wildcards.subject)
+    """A subject's scans; for the label-map cohort also its label map and the template's tissue classes (the
+    registration check)."""
+    scans = scans_of(wildcards.subject)
+    if label_map_cohort():
+        table = pd.read_csv(checkpoints.filter_cohort.get().output.participants, sep="\t", dtype=str)
+        scans["labels"] = table.set_index("participant_id").loc[wildcards.subject, "labels"]
+        scans["tissue_classes"] = TEMPLATE_TISSUES
+    return scans
+
+
+def raw_scans(modality):
+    """Every included subject's raw scan of one modality (t1w, t2w), in included_subjects() order."""
+    return [scans_of(subject)[modality] for subject in included_subjects()]
 
 
 # Image sets every detector is run on. Lesioned sets: the test split (scored once, at the end) and the

@@ -23,6 +23,25 @@ rule template_images:
         "../workflow/scripts/template_images.py"
 
 
+rule template_tissues:
+    input:
+        code=script_code("template_tissues.py"),
+    output:
+        TEMPLATE_TISSUES,
+    log:
+        "results/logs/template_tissues.log",
+    benchmark:
+        "results/benchmarks/template_tissues.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV_IMAGING
+    script:
+        "../workflow/scripts/template_tissues.py"
+
+
 rule preprocess:
     input:
         unpack(subject_scans),
@@ -34,6 +53,7 @@ rule preprocess:
     output:
         image="results/preprocessed/{subject}.nii.gz",
         mask="results/preprocessed/{subject}_brainmask.nii.gz",
+        **registration_qc_outputs(),
     params:
         settings=config["preprocess"],
     log:
@@ -48,6 +68,31 @@ rule preprocess:
         ENV_IMAGING
     script:
         "../workflow/scripts/preprocess.py"
+
+
+rule registration_qc:
+    # The label-map cohort's registration check, one table (results/qc/registration_dice.tsv) and its summary.
+    input:
+        tables=lambda wc: expand("results/qc/registration/{subject}.tsv", subject=included_subjects()),
+        participants="results/cohort/participants.tsv",
+        code=script_code("registration_qc.py"),
+    output:
+        table="results/qc/registration_dice.tsv",
+        summary="results/qc/registration_dice_summary.tsv",
+    params:
+        min_dice=config["registration_qc"]["min_dice"],
+    log:
+        "results/logs/registration_qc.log",
+    benchmark:
+        "results/benchmarks/registration_qc.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        ENV_IMAGING
+    script:
+        "../workflow/scripts/registration_qc.py"
 
 
 rule crop_box:
@@ -121,6 +166,9 @@ rule cohort_figure:
     input:
         images=lambda wc: expand("results/cropped/{subject}.nii.gz", subject=included_subjects()),
         masks=lambda wc: expand("results/cropped/{subject}_brainmask.nii.gz", subject=included_subjects()),
+        raw_t1w=lambda wc: raw_scans("t1w"),
+        raw_t2w=lambda wc: raw_scans("t2w"),
+        participants="results/cohort/participants.tsv",
         code=script_code("cohort_figure.py"),
     output:
         report("results/figures/cohort.png", caption="../report/cohort.rst", category="Cohort"),
@@ -146,3 +194,4 @@ rule cropped:
     input:
         "results/cropped/manifest.tsv",
         "results/figures/cohort.png",
+        registration_qc_targets(),

@@ -158,3 +158,54 @@ def test_build_participants_end_to_end(tmp_path):
     assert included == ["sub-NDARINV01", "sub-NDARINV05", "sub-NDARINV06", "sub-NDARINV07"]
     assert sorted(sum(splits.values(), [])) == included
     assert set(table.loc[~table.included, "split"]) == {""}
+
+
+def test_split_keeps_whole_anatomies_in_one_split():
+    """Several anatomies: no anatomy of a test or validation subject is in training; sizes near the fractions."""
+    subjects = [f"sub-{i:03d}" for i in range(57)]
+    anatomy = {s: f"seg{i % 20:02d}" for i, s in enumerate(subjects)}
+    splits = split_subjects(subjects, SplitFractions(0.7, 0.1, 0.2), seed=3, groups=anatomy)
+    assert splits == split_subjects(list(reversed(subjects)), SplitFractions(0.7, 0.1, 0.2), seed=3, groups=anatomy)
+    assert sorted(sum(splits.values(), [])) == subjects
+    used = {name: {anatomy[s] for s in members} for name, members in splits.items()}
+    assert not used["test"] & used["train"] and not used["val"] & used["train"] and not used["test"] & used["val"]
+    assert abs(len(splits["test"]) - 11) <= 2 and abs(len(splits["val"]) - 6) <= 2, splits
+    assert split_subjects(subjects, SplitFractions(0.7, 0.1, 0.2), seed=4, groups=anatomy) != splits
+    with pytest.raises(InputError, match="only 2 anatomies"):
+        split_subjects(subjects, SplitFractions(), seed=3, groups={s: f"a{i % 2}" for i, s in enumerate(subjects)})
+
+
+def test_split_with_one_anatomy_is_the_plain_split():
+    """The MNI-template cohort names one anatomy (mni152) for all: its split is exactly the subject split."""
+    subjects = [f"sub-{i:03d}" for i in range(50)]
+    plain = split_subjects(subjects, SplitFractions(), seed=3)
+    assert split_subjects(subjects, SplitFractions(), seed=3, groups=dict.fromkeys(subjects, "mni152")) == plain
+
+
+def test_build_participants_reads_anatomies_and_label_maps(tmp_path):
+    """participants.tsv's anatomy column is carried and splits by anatomy; label maps under
+    derivatives/synthetic-labels are found (and are no scans)."""
+    rng = np.random.default_rng(0)
+    bids = tmp_path / "bids"
+    labels = [f"NDARINV{i:02d}" for i in range(12)]
+    for i, label in enumerate(labels):
+        anat = bids / f"sub-{label}" / "ses-1" / "anat"
+        for modality in ("T1w", "T2w"):
+            write_nifti(rng.random((6, 6, 6)), np.eye(4), anat / f"sub-{label}_ses-1_{modality}.nii.gz")
+        if i < 10:
+            dseg = bids / "derivatives" / "synthetic-labels" / f"sub-{label}" / "ses-1" / "anat"
+            write_nifti(np.ones((6, 6, 6)), np.eye(4), dseg / f"sub-{label}_ses-1_dseg.nii.gz")
+    anatomies = pd.DataFrame({"participant_id": [f"sub-{s}" for s in labels],
+                              "anatomy": [f"seg{i % 4}" for i in range(12)]})
+    anatomies.to_csv(bids / "participants.tsv", sep="\t", index=False)
+    _abcd_table([(f"NDAR_INV{i:02d}", _scores()) for i in range(12)]).to_csv(tmp_path / "cbcl.csv", index=False)
+    table, splits = build_participants(
+        bids, tmp_path / "cbcl.csv", columns=None, event="baseline_year_1_arm_1", session=None, max_t=66,
+        fractions=SplitFractions(0.5, 0.25, 0.25), seed=1,
+    )
+    table = table.set_index("participant_id")
+    assert table.anatomy.tolist() == [f"seg{i % 4}" for i in range(12)]
+    assert table.labels.str.endswith("_dseg.nii.gz").sum() == 10 and table.labels.iloc[-1] == ""
+    assert table.t1w.str.endswith("_T1w.nii.gz").all()
+    for split in ("val", "test"):
+        assert not set(table.loc[splits[split], "anatomy"]) & set(table.loc[splits["train"], "anatomy"])

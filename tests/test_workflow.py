@@ -29,7 +29,8 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TINY = REPO / "tests" / "config" / "tiny.yaml"
 SYNTHETIC_BIDS = "resources/synthetic/bids"
 # What a checkout needs to run the workflow; the run happens in a copy, so tests can edit its code or move it.
-WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report", "profiles")
+WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "src/spatial_msma", "config", "envs", "report", "profiles",
+                  "resources/anatomies")
 
 
 def _snakemake(workdir, *args, check=True):

@@ -31,6 +31,8 @@ CBCL_SCORES = CBCL_SYNDROMES + CBCL_SUMMARIES
 SUBJECT_COLUMN = "src_subject_id"
 EVENT_COLUMN = "eventname"
 MODALITIES = ("T1w", "T2w")
+#: Where the built-in label-map cohort keeps each subject's label map (a BIDS derivative, outside ``sub-*/``).
+LABELS_DERIVATIVE = "derivatives/synthetic-labels"
 
 
 def normalise_id(raw: str) -> str:
@@ -142,6 +144,33 @@ def find_scans(bids_dir: str | Path, session: str | None = None) -> dict[str, di
     return found
 
 
+def read_anatomies(bids_dir: str | Path) -> dict[str, str] | None:
+    """``participant_id -> anatomy`` from the BIDS folder's ``participants.tsv`` when it has an ``anatomy``
+    column (the built-in cohort writes one: which head each subject was made from), else ``None``."""
+    path = Path(bids_dir) / "participants.tsv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    if not {"participant_id", "anatomy"} <= set(table.columns):
+        return None
+    return dict(zip(table.participant_id, table.anatomy, strict=True))
+
+
+def find_labels(bids_dir: str | Path, subjects: list[str], session: str | None = None) -> dict[str, Path]:
+    """Each subject's label map in its scans' space (``derivatives/synthetic-labels/sub-*/[ses-*/]anat/
+    *_dseg.nii.gz``, written by the built-in label-map cohort), for the subjects that have one."""
+    root = Path(bids_dir) / LABELS_DERIVATIVE
+    found = {}
+    for subject in subjects:
+        files = sorted(root.glob(f"{subject}/anat/*_dseg.nii*"))
+        files += sorted(root.glob(f"{subject}/ses-*/anat/*_dseg.nii*"))
+        if session is not None:
+            files = [f for f in files if f.parent.parent.name == f"ses-{session}"]
+        if files:
+            found[subject] = files[0]
+    return found
+
+
 def image_problem(path: Path | None, modality: str, session: str | None = None) -> str:
     """Why a scan cannot be used ("" if it can): missing (in the configured session, if one is), unreadable or
     truncated, not 3D, NaNs, empty."""
@@ -176,11 +205,19 @@ class SplitFractions:
                              f"{self.test:g} = {total:g}")
 
 
-def split_subjects(subjects: list[str], fractions: SplitFractions, seed: int) -> dict[str, list[str]]:
-    """Seeded train/val/test split. Validation and test get ``round(n * fraction)`` (at least 1) subjects each."""
+def split_subjects(subjects: list[str], fractions: SplitFractions, seed: int,
+                   groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Seeded train/val/test split. Validation and test get ``round(n * fraction)`` (at least 1) subjects each.
+
+    ``groups`` (subject -> anatomy): when the subjects come from more than one anatomy, whole anatomies are
+    split (:func:`split_groups`), so no anatomy of a test or validation subject makes a training subject. One
+    anatomy (the MNI-template cohort) or none (a BIDS cohort): subjects are split as they always were.
+    """
     n = len(subjects)
     n_val = max(1, int(round(n * fractions.val)))
     n_test = max(1, int(round(n * fractions.test)))
+    if groups is not None and len({groups[s] for s in subjects}) > 1:
+        return split_groups(subjects, groups, n_val, n_test, seed)
     if n - n_val - n_test < 2:
         raise InputError(f"cohort: only {n} usable subjects; need at least {n_val + n_test + 2} to split")
     order = np.random.default_rng(seed).permutation(sorted(subjects)).tolist()
@@ -189,6 +226,36 @@ def split_subjects(subjects: list[str], fractions: SplitFractions, seed: int) ->
         "val": sorted(order[n_test : n_test + n_val]),
         "train": sorted(order[n_test + n_val :]),
     }
+
+
+def split_groups(subjects: list[str], groups: Mapping[str, str], n_val: int, n_test: int,
+                 seed: int) -> dict[str, list[str]]:
+    """Anatomy-disjoint split: the anatomies in a seeded order; test takes them one at a time while that brings
+    its subject count closer to ``n_test`` (at least one anatomy), validation likewise towards ``n_val``,
+    training the rest. Subject counts can differ from the targets by up to half an anatomy's subjects."""
+    members: dict[str, list[str]] = {}
+    for subject in sorted(subjects):
+        members.setdefault(groups[subject], []).append(subject)
+    if len(members) < 3:
+        raise InputError(f"cohort: the usable subjects come from only {len(members)} anatomies; an "
+                         "anatomy-disjoint train/val/test split needs at least 3")
+    order = np.random.default_rng(seed).permutation(sorted(members)).tolist()
+
+    def take(target: int) -> list[str]:
+        chosen: list[str] = []
+        count = 0
+        while len(order) > 1 and (not chosen or abs(count + len(members[order[0]]) - target) < abs(count - target)):
+            chosen.append(order.pop(0))
+            count += len(members[chosen[-1]])
+        return chosen
+
+    test, val = take(n_test), take(n_val)
+    train = order
+    if not val or sum(len(members[a]) for a in train) < 2:
+        raise InputError(f"cohort: {len(subjects)} usable subjects from {len(members)} anatomies are too few for an "
+                         "anatomy-disjoint split with at least 2 training subjects")
+    return {name: sorted(s for a in chosen for s in members[a])
+            for name, chosen in (("test", test), ("val", val), ("train", train))}
 
 
 # ------------------------------------------------------------------------------------------- the filter
@@ -210,9 +277,14 @@ def build_participants(
     """Apply the CBCL filter and the scan checks to every subject of the BIDS folder, then split the rest.
 
     Returns the participants table (every subject, its scores, included, reason, split) and the split lists.
+    A cohort whose ``participants.tsv`` names each subject's ``anatomy`` (the built-in one) gets that column
+    too, and is split by anatomy when there are several; subjects with a label map in
+    ``derivatives/synthetic-labels`` get its path in a ``labels`` column (for the registration check).
     """
     logger = logger or logging.getLogger(__name__)
     scans = find_scans(bids_dir, session)
+    anatomies = read_anatomies(bids_dir)
+    labels = find_labels(bids_dir, list(scans), session)
     cbcl = read_cbcl(cbcl_path, columns, event)
     logger.info("%d subjects in %s; %d rows in the CBCL table", len(scans), bids_dir, len(cbcl))
 
@@ -242,13 +314,21 @@ def build_participants(
             "included": not reason,
             "reason": reason,
         })
+        if anatomies is not None:
+            row["anatomy"] = anatomies.get(subject, "")
+        if labels:
+            row["labels"] = str(labels[subject]) if subject in labels else ""
         rows.append(row)
     participants = pd.DataFrame(rows)
+    if anatomies is not None and (participants.anatomy == "").any():
+        missing = participants.participant_id[participants.anatomy == ""].tolist()
+        raise InputError(f"{bids_dir}/participants.tsv: no anatomy for {len(missing)} subject(s), e.g. {missing[:3]}")
     excluded = participants[~participants.included]
     for _, row in excluded.iterrows():
         logger.info("excluded %s: %s", row.participant_id, row.reason)
     try:
-        splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed)
+        splits = split_subjects(participants.loc[participants.included, "participant_id"].tolist(), fractions, seed,
+                                groups=anatomies)
     except InputError as err:
         if excluded.empty:
             raise
@@ -259,4 +339,7 @@ def build_participants(
     participants["split"] = [split_of.get(s, "") for s in participants.participant_id]
     logger.info("included %d of %d; split %s", int(participants.included.sum()), len(participants),
                 {k: len(v) for k, v in splits.items()})
+    if anatomies is not None:
+        by_split = participants[participants.included].groupby("split")["anatomy"].nunique().to_dict()
+        logger.info("anatomies per split: %s", by_split)
     return participants, splits

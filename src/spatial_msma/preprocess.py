@@ -1,9 +1,10 @@
 """Preprocessing one subject: T2w -> T1w and T1w -> MNI registration, brain mask, resampling, intensity scaling.
 
 All registration is antspyx. Brain extraction is atlas based, because nothing may be downloaded: the head is
-affinely registered to the (skull-stripped) MNI template twice -- the second time with the subject masked by
-the first pass's dilated template mask, so the skull no longer pulls the fit -- and the template brain mask
-is then brought onto the subject by the inverse of a SyN warp, giving a subject-specific mask. Inputs that
+registered rigidly to the (skull-stripped) MNI template, then affinely to a *head* template -- the MNI brain
+inside a CSF rim, a skull and a scalp painted at fixed distances from its brain mask (:func:`head_template`),
+so that skull and scalp meet their like instead of being pulled onto the brain's edge -- and the template brain
+mask is then brought onto the subject by the inverse of a SyN warp, giving a subject-specific mask. Inputs that
 are already skull-stripped, or come with their own masks, skip that part (config ``preprocess.brain_mask``).
 
 Output lives on the template grid at the working voxel size (2 mm in the paper), so every subject shares one
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import ants
 import numpy as np
+from scipy import ndimage
 
 from .io import InputError, atomic_path, load_nifti
 from .template import load_template
@@ -35,6 +37,9 @@ MIN_VOLUME_RATIO, MAX_VOLUME_RATIO = 0.7, 1.4
 # heads: 0.28-0.42, their bias fields and tissue contrasts differ from the template's); a volume of noise, which
 # the SyN-warped mask passes as template-sized, correlates at 0.0. Below this, it is not a T1w head scan.
 MIN_TEMPLATE_CORRELATION = 0.1
+#: The head template's shells outside the brain mask: (outer distance in mm, T1 intensity on the template's
+#: [0, 1] scale): CSF rim, skull, scalp -- the MNI-template cohort's synthetic head at its mean thicknesses.
+HEAD_SHELLS = ((2.0, 0.15), (7.0, 0.05), (12.0, 0.75))
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,26 @@ def read_template_images(t1_path: str | Path, mask_path: str | Path) -> Template
     return ants.image_read(str(t1_path)), ants.image_read(str(mask_path))
 
 
+def head_template(t1: ants.ANTsImage, mask: ants.ANTsImage) -> ants.ANTsImage:
+    """The brain template ``t1`` inside a painted head: voxels by their distance (mm) outside the brain ``mask``
+    get the :data:`HEAD_SHELLS` intensities (CSF rim, skull, scalp), farther ones 0.
+
+    Registering a whole head to the skull-stripped template alone let the affine fit pull skull and scalp
+    onto the template brain's edge: real heads (the label-map cohort) came out ~15 % too small, the template
+    brain reaching into their skulls (benchmarks/README.md, Registration of real heads). Made from the two
+    template images on their own grid, so every caller (workflow, model bundle) has it without another file.
+    """
+    brain = mask.numpy() > 0.5
+    distance = ndimage.distance_transform_edt(~brain, sampling=t1.spacing)
+    head = t1.numpy().copy()
+    inner = 0.0
+    for outer, value in HEAD_SHELLS:
+        head[(distance > inner) & (distance <= outer)] = value
+        inner = outer
+    head[distance > inner] = 0.0
+    return t1.new_image_like(head.astype(np.float32))
+
+
 def _read(path: str | Path, what: str) -> ants.ANTsImage:
     """Validate with nibabel (clear errors for truncation, NaNs, 4D), then hand the data to ANTs."""
     return ants.from_nibabel_nifti(load_nifti(path, ndim=3, what=what))
@@ -99,11 +124,16 @@ def _downsample(img: ants.ANTsImage, voxel_mm: float) -> ants.ANTsImage:
     return ants.resample_image(img, (voxel_mm,) * 3, use_voxels=False, interp_type=0)
 
 
-def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, initial=None) -> dict:
+def _register(fixed, moving, transform: str, workdir: str, tag: str, mask=None, initial=None,
+              dense: bool = False) -> dict:
+    """One antspyx registration. ``dense``: the linear stage's metric on every voxel instead of antspyx's random
+    20 % (on the 4 mm grid the sampled metric let some real heads settle ~15 % off: benchmarks/README.md,
+    Registration of real heads)."""
     # outprefix keeps ANTs' transform files in the job's own temp dir (it never deletes them itself).
+    extra = {"aff_random_sampling_rate": 1.0} if dense else {}
     reg = ants.registration(
         fixed=fixed, moving=moving, type_of_transform=transform, mask=mask, initial_transform=initial,
-        outprefix=str(Path(workdir) / f"{tag}_"), verbose=False,
+        outprefix=str(Path(workdir) / f"{tag}_"), verbose=False, **extra,
     )
     return reg
 
@@ -195,18 +225,18 @@ def preprocess_in(
     t2_to_t1 = t2_reg["fwdtransforms"]
     if settings.brain_mask == "atlas":
         # Pass 1: whole head to the brain template, rigid only (an affine fit of a head to a brain can
-        # shrink the head into the brain: seen on 1 of 49 synthetic subjects); pass 2: the subject
-        # masked by the dilated pass-1 mask, with the configured transform.
+        # shrink the head into the brain: seen on 1 of 49 synthetic subjects); pass 2: whole head to the
+        # head template, with the configured transform.
+        head = head_template(reg_template, reg_template_mask)
         first = _register(reg_template, t1_small, "Rigid", work, "head")
-        rough = ants.apply_transforms(t1_small, reg_template_mask, first["invtransforms"],
-                                      interpolator="nearestNeighbor", whichtoinvert=[True])
-        rough = ants.iMath(rough, "MD", int(np.ceil(8.0 / settings.registration_mm)))
-        brain_reg = _register(reg_template, t1_small * rough, settings.transform, work, "brain",
-                              initial=first["fwdtransforms"][0])
+        brain_reg = _register(head, t1_small, settings.transform, work, "brain", initial=first["fwdtransforms"][0],
+                              dense=True)
         to_template = brain_reg["fwdtransforms"]
-        aligned = ants.apply_transforms(reg_template, t1_small * rough, to_template)
-        # Subject-specific mask: template mask pulled back through a SyN warp of the aligned brain.
-        syn = _register(reg_template, aligned, "SyNOnly", work, "syn", initial="Identity")
+        # Subject-specific mask: template mask pulled back through a SyN warp of the aligned head onto the head
+        # template (brain edge onto brain edge; a subject masked by a dilated mask instead, against the brain
+        # template, let the warp stretch the brain mask over the skull: measured in benchmarks/README.md).
+        aligned = ants.apply_transforms(reg_template, t1_small, to_template)
+        syn = _register(head, aligned, "SyNOnly", work, "syn", initial="Identity")
         mask_aligned = ants.apply_transforms(aligned, reg_template_mask, syn["invtransforms"],
                                              interpolator="linear")
         mask = ants.resample_image_to_target(mask_aligned, out_template, interp_type="linear")

@@ -1,15 +1,28 @@
-"""The built-in synthetic cohort: healthy-looking T1w/T2w heads made from the MNI template, in BIDS + ABCD format.
+"""The built-in synthetic cohort: healthy-looking T1w/T2w heads, in BIDS + ABCD format.
 
 No real paediatric cohort can be downloaded (ABCD and HCP-D need data-use agreements), so the default config
-makes one. Each subject is the template anatomy pushed through a random smooth deformation, a global and a
-ventricular size change and a rigid pose change, given per-tissue contrast jitter, a synthetic scalp and skull
-(so skull-stripping has work to do), a smooth bias field and Rician noise, and written at 1 mm in its own
-(subject) space. A CBCL table in ABCD ``mh_p_cbcl.csv`` layout comes with it: a known set of subjects above
-the t-score cut-off, a follow-up event that must be ignored, one missing score, and a few deliberately broken
-image files, so every exclusion path of the cohort stage runs in every demo.
+makes one, from one of two anatomies (config ``synthetic.anatomy``):
 
-Everything is drawn from ``numpy.random.default_rng([seed, index])`` per subject, so a subject's bytes depend
-only on the seed and its index, not on how many workers made the cohort or in which order.
+``mni152``: each subject is the MNI template anatomy pushed through a random smooth deformation, a global and a
+ventricular size change and a rigid pose change, given per-tissue contrast jitter, a synthetic scalp and skull
+(so skull-stripping has work to do), a smooth bias field and Rician noise. Every subject is the same brain.
+
+``labelmaps``: each subject is one of 20 real heads (SynthSeg's label maps, :mod:`spatial_msma.anatomies`;
+subject ``i`` gets anatomy ``perm[i % 20]`` of a seeded permutation, so every anatomy makes ``n_subjects / 20``
+subjects) under a random smooth deformation, a size change and a head pose, painted with the per-tissue
+T1w/T2w model of :data:`spatial_msma.anatomies.TISSUES` with per-subject contrast jitter, blurred for partial
+volume, given a bias field and Rician noise. Its label map in subject space is written too
+(``derivatives/synthetic-labels/``), for the registration check of the preprocessing. FreeSurfer's lesion
+labels 25/57 are painted as white matter: this is the healthy cohort.
+
+Either way the scans are written at 1 mm in the subject's own (scanner) space. A CBCL table in ABCD
+``mh_p_cbcl.csv`` layout comes with it: a known set of subjects above the t-score cut-off, a follow-up event
+that must be ignored, one missing score, and a few deliberately broken image files, so every exclusion path of
+the cohort stage runs in every demo.
+
+Everything is drawn from ``numpy.random.default_rng([seed, index])`` per subject (the anatomy order from
+``[seed, 30_000]``), so a subject's bytes depend only on the seed and its index, not on how many workers made
+the cohort or in which order.
 """
 
 from __future__ import annotations
@@ -27,7 +40,8 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .cohort import CBCL_SCORES, CBCL_SUMMARIES, CBCL_SYNDROMES
+from .anatomies import anatomy_files, anatomy_name, intensity_tables, load_anatomy, tissue_index
+from .cohort import CBCL_SCORES, CBCL_SUMMARIES, CBCL_SYNDROMES, LABELS_DERIVATIVE
 from .io import atomic_path, write_json, write_table
 from .template import load_template
 
@@ -35,6 +49,11 @@ BASELINE_EVENT = "baseline_year_1_arm_1"
 FOLLOWUP_EVENT = "1_year_follow_up_y_arm_1"
 SESSION = "baselineYear1Arm1"
 BROKEN_KINDS = ("missing_t2w", "truncated_t1w", "nan_t2w", "4d_t1w")
+ANATOMIES = ("mni152", "labelmaps")
+#: Partial-volume blur of the label-map heads: Gaussian sd in mm (FWHM 1.4 mm, about a 1 mm voxel's extent).
+PARTIAL_VOLUME_SD_MM = 0.6
+#: Seed-stream offset of the anatomy permutation (subjects use [seed, index], the CBCL table [seed, 10_000]).
+ANATOMY_STREAM = 30_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class SyntheticSettings:
     """Knobs of the synthetic cohort (the ``synthetic`` config section)."""
 
     n_subjects: int = 60
+    anatomy: str = "mni152"
     voxel_mm: float = 1.0
     fraction_above_cutoff: float = 0.1
     broken: tuple[str, ...] = BROKEN_KINDS
@@ -63,6 +83,8 @@ class SyntheticSettings:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise KeyError(f"synthetic: unknown key(s) {unknown}")
+        if values.get("anatomy", "mni152") not in ANATOMIES:
+            raise KeyError(f"synthetic.anatomy: {values['anatomy']!r} is not one of {list(ANATOMIES)}")
         bad = sorted(set(values.get("broken", ())) - set(BROKEN_KINDS))
         if bad:
             raise KeyError(f"synthetic.broken: unknown kind(s) {bad}; choose from {list(BROKEN_KINDS)}")
@@ -130,8 +152,18 @@ def _outer_sum(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return (x[:, None, None] + y[None, :, None]) + z[None, None, :]
 
 
-def make_subject(index: int, seed: int, settings: SyntheticSettings) -> dict[str, np.ndarray]:
-    """Draw one healthy subject. Returns float32 ``t1``/``t2`` on a 1 mm-ish subject grid and its ``affine``."""
+def make_subject(index: int, seed: int, settings: SyntheticSettings,
+                 anatomies: Sequence[str | Path] | None = None) -> dict:
+    """Draw one healthy subject. Returns float32 ``t1``/``t2`` on a 1 mm-ish subject grid, its ``affine`` and
+    ``anatomy`` (its name); from label maps also ``labels``, the subject's label map on that grid (int16).
+    ``anatomies``: the label-map files (default: the shipped ones)."""
+    if settings.anatomy == "labelmaps":
+        return _labelmap_subject(index, seed, settings, anatomies)
+    return _mni_subject(index, seed, settings)
+
+
+def _mni_subject(index: int, seed: int, settings: SyntheticSettings) -> dict:
+    """One subject from the MNI template (``synthetic.anatomy: mni152``)."""
     rng = np.random.default_rng([seed, index])
     template = load_template()
     _, centre = _template_extras()
@@ -214,6 +246,101 @@ def make_subject(index: int, seed: int, settings: SyntheticSettings) -> dict[str
         img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude
         out[name] = np.where(dist <= 12.0 * thick + 3.0, img, 0.0)
     out["affine"] = subj_affine
+    out["anatomy"] = "mni152"
+    return out
+
+
+def anatomy_of(index: int, seed: int, n_anatomies: int) -> int:
+    """Which label map subject ``index`` is made from: the anatomies in a seeded order, cycled, so each one
+    makes ``n_subjects / n_anatomies`` subjects (rounded up or down)."""
+    order = np.random.default_rng([seed, ANATOMY_STREAM]).permutation(n_anatomies)
+    return int(order[index % n_anatomies])
+
+
+def subject_anatomies(seed: int, settings: SyntheticSettings, anatomies: Sequence[str | Path] | None = None,
+                      ) -> list[str]:
+    """Each subject's anatomy name, in subject order (``mni152`` for every template subject)."""
+    if settings.anatomy != "labelmaps":
+        return ["mni152"] * settings.n_subjects
+    files = list(anatomies) if anatomies is not None else anatomy_files()
+    return [anatomy_name(files[anatomy_of(i, seed, len(files))]) for i in range(settings.n_subjects)]
+
+
+@functools.cache
+def _template_brain_centre() -> np.ndarray:
+    """World position of the template brain's centroid: where each label-map brain's centre is placed."""
+    template = load_template()
+    return (np.argwhere(template.brain).mean(axis=0) @ template.affine[:3, :3].T + template.affine[:3, 3])
+
+
+def _labelmap_subject(index: int, seed: int, settings: SyntheticSettings,
+                      anatomies: Sequence[str | Path] | None) -> dict:
+    """One subject from a real head's label map (``synthetic.anatomy: labelmaps``).
+
+    The subject grid is the template's field of view at ``voxel_mm`` (the MNI cohort's). Every subject voxel
+    is taken back through the head pose (rotation about the brain centre, translation), the size change
+    (global scale and a small anisotropy) and a smooth deformation of a few mm into the anatomy, whose brain
+    centre sits at the template's brain centre, and gets the label there (nearest neighbour). Labels become
+    intensities through :data:`~spatial_msma.anatomies.TISSUES` with each tissue's T1w and T2w mean times
+    ``1 + tissue_contrast_sd * z`` (z standard normal, clipped at +-2.5, drawn per tissue and modality);
+    then a Gaussian partial-volume blur (:data:`PARTIAL_VOLUME_SD_MM`), a smooth multiplicative bias field and
+    Rician noise, as for the template subjects. Noise is kept within 3 mm of the head; outside it is 0.
+    """
+    rng = np.random.default_rng([seed, index])
+    files = list(anatomies) if anatomies is not None else anatomy_files()
+    anatomy = load_anatomy(str(files[anatomy_of(index, seed, len(files))]))
+    template = load_template()
+    centre = _template_brain_centre()
+    vox = settings.voxel_mm
+    shape = tuple(int(round(s / vox)) for s in template.t1.shape)
+    rot = _rotation(rng, settings.rotation_deg)
+    shift = rng.uniform(-settings.translation_mm, settings.translation_mm, 3)
+    scale = np.clip(1.0 + settings.brain_scale_sd * rng.standard_normal(), 0.88, 1.1)
+    aniso = np.clip(1.0 + 0.02 * rng.standard_normal(3), 0.95, 1.05)
+    subj_affine = np.diag([vox, vox, vox, 1.0])
+    subj_affine[:3, 3] = template.affine[:3, 3]
+
+    # Subject voxel -> head coordinates relative to the brain centre (pose and size undone), built per axis from
+    # 1-D axis coordinates by broadcasting; plus the deformation; then the anatomy's voxel index (its affine is
+    # diagonal, RAS+), rounded: nearest neighbour. Out of the label map's box: background.
+    to_head = rot / (scale * aniso)  # row i: how world axis i moves the three head coordinates
+    axes = [vox * np.arange(n) + subj_affine[i, 3] - shift[i] - centre[i] for i, n in enumerate(shape)]
+    dims = anatomy.labels.shape
+    flat = np.zeros(shape, np.int64)
+    inside = np.ones(shape, bool)
+    for j in range(3):
+        coord = _outer_sum(axes[0] * to_head[0, j], axes[1] * to_head[1, j], axes[2] * to_head[2, j])
+        coord += _smooth_field(rng, shape, 6, settings.deformation_mm)
+        coord += float(anatomy.centre[j] - anatomy.origin[j])
+        coord /= float(anatomy.spacing[j])
+        index_j = np.rint(coord, out=coord).astype(np.int64)
+        del coord
+        inside &= (index_j >= 0) & (index_j < dims[j])
+        flat *= dims[j]
+        flat += index_j
+        del index_j
+    flat[~inside] = 0
+    labels = anatomy.labels.ravel()[flat]
+    labels[~inside] = 0
+    del flat, inside
+
+    # Tissue intensities with per-subject contrast jitter: one (T1w, T2w) lookup row per label value.
+    _, means = intensity_tables()
+    jitter = 1.0 + settings.tissue_contrast_sd * np.clip(rng.standard_normal(means.shape), -2.5, 2.5)
+    lookup = np.vstack([np.zeros((1, 2)), means * jitter]).astype(np.float32)[tissue_index()]
+    near_head = ndimage.uniform_filter((labels > 0).astype(np.float32), size=2 * int(round(3.0 / vox)) + 1) > 1e-4
+    out = {}
+    for c, name in enumerate(("t1", "t2")):
+        img = ndimage.gaussian_filter(lookup[:, c][labels], PARTIAL_VOLUME_SD_MM / vox, truncate=3.0)
+        bias = _smooth_field(rng, shape, 3, settings.bias_strength)
+        img *= np.exp(bias, out=bias)
+        noise = rng.standard_normal((2, *shape), dtype=np.float32)
+        noise *= settings.noise_sd
+        img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)  # Rician magnitude
+        out[name] = np.where(near_head, img, np.float32(0.0))
+    out["affine"] = subj_affine
+    out["labels"] = labels
+    out["anatomy"] = anatomy.name
     return out
 
 
@@ -257,6 +384,22 @@ def scan_paths(bids_dir: Path, guid: str) -> tuple[Path, Path]:
     return anat / f"{stem}_T1w.nii.gz", anat / f"{stem}_T2w.nii.gz"
 
 
+def labels_path(bids_dir: Path, guid: str) -> Path:
+    """A label-map subject's labels in its scans' space: a BIDS derivative (``_dseg``), outside ``sub-*/`` so
+    the scan finder never sees it."""
+    label = bids_label(guid)
+    return (Path(bids_dir) / LABELS_DERIVATIVE / f"sub-{label}" / f"ses-{SESSION}" / "anat"
+            / f"sub-{label}_ses-{SESSION}_run-01_dseg.nii.gz")
+
+
+def _save_labels(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    img = nib.Nifti1Image(np.asarray(labels, np.int16), affine)
+    img.set_data_dtype(np.int16)
+    img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
 def cbcl_table(seed: int, settings: SyntheticSettings, guids: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """A plausible ABCD ``mh_p_cbcl.csv``: baseline and follow-up rows, a known set of subjects above 66.
 
@@ -291,14 +434,18 @@ def cbcl_table(seed: int, settings: SyntheticSettings, guids: list[str]) -> tupl
 
 
 def write_cohort(out_dir: str | Path, seed: int, settings: SyntheticSettings, threads: int = 1,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, anatomy_dir: str | Path | None = None) -> None:
     """Write the BIDS folder (``sub-*/ses-*/anat``), ``phenotype/mh_p_cbcl.csv`` and a ground-truth key.
 
     ``truth.json`` records which subjects were placed above the cut-off and which were broken (and how), so
-    tests can check the cohort stage against what was planted rather than against itself.
+    tests can check the cohort stage against what was planted rather than against itself. ``participants.tsv``
+    names each subject's anatomy (``mni152`` for all template subjects, else the label map's name); label-map
+    subjects also get their label map under ``derivatives/synthetic-labels/`` (from ``anatomy_dir``, default
+    the shipped ``resources/anatomies``).
     """
     logger = logger or logging.getLogger(__name__)
     out = Path(out_dir)
+    anatomies = anatomy_files(anatomy_dir) if settings.anatomy == "labelmaps" else None
     guids = subject_ids(settings.n_subjects)
     table, above = cbcl_table(seed, settings, guids)
     # Broken subjects: drawn among those that would otherwise be included, one per requested kind.
@@ -312,10 +459,12 @@ def write_cohort(out_dir: str | Path, seed: int, settings: SyntheticSettings, th
 
     def build(index: int) -> None:
         guid = guids[index]
-        subj = make_subject(index, seed, settings)
+        subj = make_subject(index, seed, settings, anatomies)
         t1_path, t2_path = scan_paths(out, guid)
         _save_scan(subj["t1"], subj["affine"], t1_path)
         _save_scan(subj["t2"], subj["affine"], t2_path)
+        if "labels" in subj:
+            _save_labels(subj["labels"], subj["affine"], labels_path(out, guid))
         if guid in broken:
             _break_scan(broken[guid], t1_path, t2_path, subj["affine"])
         logger.info("synthetic subject %d/%d written (%s)", index + 1, len(guids), bids_label(guid))
@@ -329,7 +478,14 @@ def write_cohort(out_dir: str | Path, seed: int, settings: SyntheticSettings, th
     write_json({"Name": "spatial-msma synthetic cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
                 "GeneratedBy": [{"Name": "spatial-msma", "Description": f"synthetic cohort, seed {seed}"}]},
                out / "dataset_description.json")
-    participants = pd.DataFrame({"participant_id": [f"sub-{bids_label(g)}" for g in guids]})
+    if anatomies is not None:
+        write_json({"Name": "spatial-msma synthetic cohort: label maps in subject space", "BIDSVersion": "1.9.0",
+                    "DatasetType": "derivative",
+                    "GeneratedBy": [{"Name": "spatial-msma", "Description": "each subject's anatomy label map "
+                                     "(FreeSurfer/SynthSeg label numbers) on its scans' grid"}]},
+                   out / LABELS_DERIVATIVE / "dataset_description.json")
+    participants = pd.DataFrame({"participant_id": [f"sub-{bids_label(g)}" for g in guids],
+                                 "anatomy": subject_anatomies(seed, settings, anatomies)})
     write_table(participants, out / "participants.tsv")
     write_json({"seed": seed, "above_cutoff": [f"sub-{bids_label(g)}" for g in above],
                 "broken": {f"sub-{bids_label(g)}": kind for g, kind in sorted(broken.items())}},
