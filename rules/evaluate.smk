@@ -81,6 +81,7 @@ rule table1_stats:
     # (mean difference, 95 % bootstrap interval over subjects, Wilcoxon p on per-subject means).
     input:
         metrics=expand("{{run}}/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
+        participants="results/cohort/participants.tsv",  # the independent unit of the statistics
         code=script_code("table1_stats.py"),
     output:
         csv="{run}/table1_stats.csv",
@@ -107,6 +108,7 @@ rule table1:
         metrics=expand("{{run}}/metrics/{method}_{protocol}.csv", method=METHODS, protocol=PROTOCOLS),
         thresholds=expand("{{run}}/thresholds/{method}.json", method=METHODS),
         stats="{run}/table1_stats.csv",
+        participants="results/cohort/participants.tsv",  # the independent unit of the statistics
         code=script_code("table1.py"),
     output:
         oracle_csv=report("{run}/table1.csv", caption="../report/table1.rst", category="Table 1"),
@@ -191,6 +193,7 @@ rule evaluate_validation:
 rule validation_table:
     input:
         metrics=expand("results/validation/metrics/{method}_oracle.csv", method=VALIDATION_METHODS),
+        participants="results/cohort/participants.tsv",  # the independent unit of the statistics
         code=script_code("table1.py"),
     output:
         oracle_csv=report("results/validation/table.csv", caption="../report/validation_table.rst",
@@ -222,6 +225,7 @@ rule ablation_table:
     input:
         metrics=expand("results/metrics/{method}_{protocol}.csv", method=ABLATION_METHODS, protocol=PROTOCOLS),
         thresholds=expand("results/thresholds/{method}.json", method=ABLATION_METHODS),
+        participants="results/cohort/participants.tsv",  # the independent unit of the statistics
         code=script_code("table1.py"),
     output:
         oracle_csv=report("results/diagnostics/ablations.csv", caption="../report/ablations.rst",
@@ -254,6 +258,7 @@ rule paper_form_table:
     input:
         metrics=expand("results/metrics/{method}_{protocol}.csv", method=PAPER_FORM_METHODS, protocol=PROTOCOLS),
         thresholds=expand("results/thresholds/{method}.json", method=PAPER_FORM_METHODS),
+        participants="results/cohort/participants.tsv",  # the independent unit of the statistics
         code=script_code("table1.py"),
     output:
         oracle_csv=report("results/diagnostics/paper_form.csv", caption="../report/paper_form.rst",

@@ -252,3 +252,40 @@ def test_write_stats_writes_csv_and_png(tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp*"))  # atomic writes leave no temporary behind
     with pytest.raises(InputError, match="reference"):
         write_stats([p for p in paths if "spatial_msma" not in p.name], out_csv, out_png, seed=1, n_boot=10)
+
+
+def test_a_significant_interval_needs_a_significant_wilcoxon_too():
+    assert better_side(0.2, 0.5, "tpr", p=0.01) == "method"
+    assert better_side(0.2, 0.5, "tpr", p=0.25) == "none"  # 3 units: the exact test cannot go below 0.25
+    assert better_side(0.2, 0.5, "tpr", p=float("nan")) == "none"
+
+
+def test_subjects_of_one_anatomy_are_one_unit(tmp_path):
+    """Three anatomies, three subjects each: the statistics resample 3 units, not 9, and cannot call a winner
+    (the exact Wilcoxon p over 3 units is at least 0.25), while the same volumes as 9 subjects can."""
+    frame = per_volume({"spatial_msma": 0.0, "ae": 1.0}, n_subjects=9, draws=2)
+    paths = write_csvs(frame, tmp_path)
+    participants = tmp_path / "participants.tsv"
+    subjects = sorted(frame["subject"].unique())
+    pd.DataFrame({"participant_id": subjects, "anatomy": [f"seg{i // 3}" for i in range(9)]}).to_csv(
+        participants, sep="\t", index=False)
+    as_subjects = write_stats(paths, tmp_path / "s.csv", tmp_path / "s.png", seed=1, n_boot=N_BOOT)
+    as_anatomies = write_stats(paths, tmp_path / "a.csv", tmp_path / "a.png", seed=1, n_boot=N_BOOT,
+                               participants=participants)
+    row = {name: t[(t.metric == "tpr") & (t.method == "ae")].iloc[0]
+           for name, t in (("subject", as_subjects), ("anatomy", as_anatomies))}
+    assert (row["subject"].n_subjects, row["anatomy"].n_subjects) == (9, 3)
+    assert (row["subject"].unit, row["anatomy"].unit) == ("subject", "anatomy")
+    assert row["subject"].better == "method" and row["anatomy"].better == "none"
+    assert row["anatomy"].p_wilcoxon >= 0.25
+    assert row["subject"].mean_diff == pytest.approx(row["anatomy"].mean_diff)
+    # one anatomy for everyone (the MNI-template cohort): every subject is its own unit
+    pd.DataFrame({"participant_id": subjects, "anatomy": "mni152"}).to_csv(participants, sep="\t", index=False)
+    single = write_stats(paths, tmp_path / "m.csv", tmp_path / "m.png", seed=1, n_boot=N_BOOT,
+                         participants=participants)
+    assert set(single["n_subjects"]) == {9} and set(single["unit"]) == {"subject"}
+    # an evaluated subject the participants table does not place is an error, not a unit of its own
+    pd.DataFrame({"participant_id": subjects[1:], "anatomy": "seg0"}).assign(
+        anatomy=[f"seg{i % 2}" for i in range(8)]).to_csv(participants, sep="\t", index=False)
+    with pytest.raises(InputError, match=subjects[0]):
+        write_stats(paths, tmp_path / "x.csv", tmp_path / "x.png", seed=1, n_boot=10, participants=participants)

@@ -1,7 +1,8 @@
 """Table 1 per protocol (CSV + Markdown with the paper's values) and TPR per lesion size bin.
 
 input:  metrics (results/metrics/{method}_{protocol}.csv, every method x protocol that was run),
-        thresholds (results/thresholds/{method}.json; image AUROC and healthy false positives)
+        thresholds (results/thresholds/{method}.json; image AUROC and healthy false positives), participants
+        (results/cohort/participants.tsv: standard errors over anatomies where several subjects share one)
 output: named oracle_csv (results/table1.csv), oracle_md (results/table1.md), fpr05_csv, fpr05_md,
         fpr10_csv, fpr10_md (results/table1_fpr05.csv ...), size_bins_csv (results/table1_size_bins.csv)
         optional stats (results/table1_stats.csv: the paired statistics; the best method per metric is marked
@@ -30,4 +31,5 @@ write_tables(
     protocols=snakemake.params.get("protocols"),  # noqa: F821
     image_set=snakemake.params.get("image_set", "test"),  # noqa: F821
     best=best_methods(pd.read_csv(stats)) if stats else None,
+    participants=snakemake.input.get("participants"),  # noqa: F821
 )

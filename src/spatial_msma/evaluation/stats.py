@@ -10,6 +10,9 @@ one subject share its anatomy, so they are not independent: the independent unit
 95 % interval of the mean difference is a cluster bootstrap that resamples subjects with replacement (a drawn
 subject brings all its volumes), and the Wilcoxon signed-rank test runs on the per-subject mean differences.
 Resampling volumes instead would treat five draws of one subject as five subjects and shrink the interval.
+Where several subjects are made from one anatomy (the label-map cohort), the anatomy is the unit instead
+(:func:`~spatial_msma.evaluation.tables.independent_units`): the column ``n_subjects`` then counts anatomies
+and ``unit`` says so.
 
 Reproducible and fast: every comparison over S subjects uses the same resamples, drawn once from
 ``numpy.random.default_rng([seed, S])`` (:func:`resample_weights`), so the same seed gives the same bytes, a
@@ -29,7 +32,7 @@ import pandas as pd
 from scipy.stats import rankdata, wilcoxon
 
 from spatial_msma.evaluation.figures import plot_paired_differences
-from spatial_msma.evaluation.tables import read_metric_csvs
+from spatial_msma.evaluation.tables import by_unit, independent_units, read_metric_csvs, unit_name
 from spatial_msma.io import InputError, check_number, write_table
 from spatial_msma.methods import display_name, method_order
 
@@ -45,11 +48,16 @@ N_BOOT = 2000
 #: Up to this many subjects, scipy's Wilcoxon test with ties or zeros is an exact test over all sign flips.
 EXACT_SIGN_FLIP_MAX = 13
 CONFIDENCE = 0.95
+#: A difference is significant when its interval excludes 0 AND the Wilcoxon p is below this. With few
+#: independent units (a label-map test split holds 5-6 anatomies) a percentile bootstrap over so few clusters
+#: is too narrow (3 anatomies give intervals that exclude 0 at an exact Wilcoxon p of 0.25); the exact test
+#: is not.
+ALPHA = 0.05
 #: The columns of the stats table, in order.
 STATS_COLUMNS = (
     "protocol", "metric", "direction", "method", "versus", "method_name", "versus_name",
     "n_volumes", "n_subjects", "mean_method", "mean_versus", "mean_diff", "ci_low", "ci_high",
-    "p_wilcoxon", "better", "n_boot", "seed",
+    "p_wilcoxon", "better", "n_boot", "seed", "unit",
 )
 #: The columns of :func:`subject_differences`.
 SUBJECT_DIFF_COLUMNS = ("protocol", "metric", "method", "versus", "subject", "n_volumes", "difference")
@@ -186,12 +194,15 @@ def wilcoxon_p(subject_diffs: np.ndarray) -> float:
     return float(wilcoxon(d).pvalue)
 
 
-def better_side(low: float, high: float, metric: str) -> str:
+def better_side(low: float, high: float, metric: str, p: float | None = None) -> str:
     """Which side the interval of (method - versus) favours: ``method``, ``versus`` or ``none``.
 
-    ``none`` when the interval contains 0 or is undefined. A positive difference favours the method for a
-    higher-is-better metric and the versus method for a lower-is-better one (hd99, msd)."""
+    ``none`` when the interval contains 0 or is undefined, or when a Wilcoxon ``p`` is given and is not below
+    :data:`ALPHA` (NaN included). A positive difference favours the method for a higher-is-better metric and
+    the versus method for a lower-is-better one (hd99, msd)."""
     if not (np.isfinite(low) and np.isfinite(high)) or low <= 0.0 <= high:
+        return "none"
+    if p is not None and not p < ALPHA:
         return "none"
     method_higher = low > 0.0
     return "method" if method_higher == (direction(metric) == "higher") else "versus"
@@ -232,7 +243,7 @@ def _protocol_arrays(frame: pd.DataFrame, metrics: Sequence[str]) -> tuple[np.nd
 
 
 def paired_stats(per_volume: pd.DataFrame, seed: int, n_boot: int = N_BOOT, metrics: Sequence[str] = METRICS,
-                 confidence: float = CONFIDENCE) -> pd.DataFrame:
+                 confidence: float = CONFIDENCE, unit: str = "subject") -> pd.DataFrame:
     """Every ordered pair (method, versus) of distinct methods present on a protocol, for every metric.
 
     Columns :data:`STATS_COLUMNS`: the pair's finite volumes and subjects, each method's mean over them, the
@@ -269,8 +280,9 @@ def paired_stats(per_volume: pd.DataFrame, seed: int, n_boot: int = N_BOOT, metr
                         "protocol": protocol, "metric": metric, "direction": direction(metric),
                         "method": method, "versus": versus,
                         "method_name": display_name(method), "versus_name": display_name(versus),
-                        **stats, "better": better_side(stats["ci_low"], stats["ci_high"], metric),
-                        "n_boot": int(n_boot), "seed": int(seed),
+                        **stats, "better": better_side(stats["ci_low"], stats["ci_high"], metric,
+                                                       stats["p_wilcoxon"]),
+                        "n_boot": int(n_boot), "seed": int(seed), "unit": unit,
                     })
     return pd.DataFrame(rows, columns=list(STATS_COLUMNS))
 
@@ -303,9 +315,10 @@ def subject_differences(per_volume: pd.DataFrame, versus: str = REFERENCE,
 def best_methods(stats: pd.DataFrame) -> dict[tuple[str, str], str | None]:
     """Per (protocol, metric), the method significantly better than EVERY other method present, else None.
 
-    "Significantly better" = its interval against that method excludes 0 in its favour (``better ==
-    'method'``). None means no significant winner: some pair is indistinguishable (or has no finite volume),
-    or only one method is present (nothing to beat). At most one method can qualify.
+    "Significantly better" = its interval against that method excludes 0 in its favour and the Wilcoxon p is
+    below :data:`ALPHA` (``better == 'method'``, :func:`better_side`). None means no significant winner: some
+    pair is indistinguishable (or has no finite volume), or only one method is present (nothing to beat).
+    At most one method can qualify.
     """
     out: dict[tuple[str, str], str | None] = {}
     for (protocol, metric), group in stats.groupby(["protocol", "metric"], sort=False):
@@ -322,18 +335,22 @@ def write_stats(
     n_boot: int = N_BOOT,
     logger: logging.Logger | None = None,
     reference: str = REFERENCE,
+    participants: PathLike | None = None,
 ) -> pd.DataFrame:
     """Read the per-volume metric CSVs, write the paired stats table (``out_csv``) and the figure of every
-    method's differences against ``reference`` (``out_figure``); returns the table.
+    method's differences against ``reference`` (``out_figure``); returns the table. ``participants`` (the
+    cohort's participants.tsv) decides the independent unit that is resampled: the anatomy where several
+    subjects share one, else the subject.
 
     The reference missing from every protocol is an :class:`InputError`: the figure would be empty."""
     logger = logger or logging.getLogger("spatial_msma")
-    per_volume = read_metric_csvs(metric_csvs)
+    units = independent_units(participants)
+    per_volume = by_unit(read_metric_csvs(metric_csvs), units)
     if not len(per_volume):
         raise InputError("paired stats: no metric rows in the inputs")
     if reference not in set(per_volume["method"]):
         raise InputError(f"paired stats: reference method {reference!r} has no metrics among the inputs")
-    stats = paired_stats(per_volume, seed=seed, n_boot=n_boot)
+    stats = paired_stats(per_volume, seed=seed, n_boot=n_boot, unit=unit_name(units))
     write_table(stats, out_csv)
     plot_paired_differences(stats, subject_differences(per_volume, reference), out_figure, reference=reference)
     best_by_protocol: dict[str, list[str]] = {}
@@ -342,6 +359,6 @@ def write_stats(
     for protocol, entries in best_by_protocol.items():
         logger.info("paired stats %s, significantly best ('-': no significant winner): %s", protocol,
                     ", ".join(entries))
-    logger.info("paired stats: %d comparisons, %d resamples, seed %d -> %s, %s", len(stats), n_boot, seed,
-                Path(out_csv), Path(out_figure))
+    logger.info("paired stats: %d comparisons, %d resamples of the %d %s units, seed %d -> %s, %s", len(stats),
+                n_boot, per_volume["subject"].nunique(), unit_name(units), seed, Path(out_csv), Path(out_figure))
     return stats

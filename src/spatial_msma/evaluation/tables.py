@@ -52,6 +52,47 @@ def read_metric_csvs(paths: Sequence[PathLike]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def independent_units(participants: PathLike | None) -> dict[str, str]:
+    """``subject -> anatomy`` when ``participants.tsv`` names several anatomies, else ``{}`` (the subject is the unit).
+
+    Subjects the label-map cohort makes from one anatomy share its brain: only their deformation, pose,
+    contrast and noise differ. The splits keep anatomies apart, so a test split of 10 subjects can hold just 3
+    anatomies; resampling subjects would count one brain three times and narrow every interval. The tables'
+    standard errors and the paired statistics therefore treat the anatomy as the independent unit. One
+    anatomy (the MNI-template cohort) or none (a BIDS cohort): every subject is its own unit.
+    """
+    if participants is None:
+        return {}
+    try:
+        table = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"participants table {participants}: unreadable ({err})") from err
+    if not {"participant_id", "anatomy"} <= set(table.columns):
+        return {}
+    named = table[table["anatomy"] != ""]
+    if named["anatomy"].nunique() < 2:
+        return {}
+    return {subject: f"anatomy {anatomy}" for subject, anatomy in zip(named.participant_id, named.anatomy,
+                                                                       strict=True)}
+
+
+def by_unit(per_volume: pd.DataFrame, units: Mapping[str, str]) -> pd.DataFrame:
+    """``per_volume`` with each ``subject`` replaced by its independent unit (:func:`independent_units`);
+    unchanged when ``units`` is empty. A subject the mapping lacks is an :class:`InputError`: it would
+    silently become a unit of its own."""
+    if not units or not len(per_volume):
+        return per_volume
+    unknown = sorted(set(per_volume["subject"].astype(str)) - set(units))
+    if unknown:
+        raise InputError(f"participants table: no anatomy for evaluated subject(s) {unknown[:3]}")
+    return per_volume.assign(subject=per_volume["subject"].astype(str).map(units))
+
+
+def unit_name(units: Mapping[str, str]) -> str:
+    """What one independent unit of the statistics is: ``anatomy`` or ``subject``."""
+    return "anatomy" if units else "subject"
+
+
 def mean_se(values: pd.Series, subjects: pd.Series | None = None) -> tuple[float, float, int]:
     """Mean over the finite values, its standard error, and their count.
 
@@ -200,22 +241,25 @@ def best_line(best: Mapping[str, str | None], metrics: Sequence[str]) -> str:
     """The sentence saying which method is best on each metric, where the paired statistics support it."""
     parts = [f"{HEADERS[m]}: " + (f"**{display_name(best[m])}**" if best.get(m) else "no significant difference")
              for m in metrics if m in best]
-    return ("Best, where the paired statistics support it (its 95 % subject-bootstrap interval against EVERY "
-            "other row excludes 0; `table1_stats.csv`): " + "; ".join(parts) + ". Bold cells mark those methods.")
+    return ("Best, where the paired statistics support it (against EVERY other row, its 95 % bootstrap interval "
+            "over the independent units excludes 0 and its Wilcoxon p < 0.05; `table1_stats.csv`): "
+            + "; ".join(parts) + ". Bold cells mark those methods.")
 
 
 def markdown_report(
     summary: pd.DataFrame, bins: pd.DataFrame, protocol: str, cfg: EvaluationConfig, missing: list[str],
     voxel_mm: float, title: str = "Table 1", image_set: str = "test", left_out: tuple[int, int] = (0, 0),
-    best: Mapping[str, str | None] | None = None,
+    best: Mapping[str, str | None] | None = None, unit: str = "subject",
 ) -> str:
     """The Markdown twin of one protocol's table, with the paper's values, units and notes.
 
     ``left_out`` is (lesion components too small to count, all components) over the volumes; ``best`` maps a
     metric to the method the paired statistics call best on it (None: no significant difference), and
-    marks that cell bold; without it nothing is marked.
+    marks that cell bold; without it nothing is marked. ``unit`` is what the standard errors are over
+    (:func:`unit_name`).
     """
     best = best or {}
+    units = "anatomies" if unit == "anatomy" else "subjects"
 
     def cell(r: dict, metric: str, digits: int = 2) -> str:
         text = _pm(r[f"{metric}_mean"], r[f"{metric}_se"], digits)
@@ -228,8 +272,10 @@ def markdown_report(
         protocol_description(protocol, cfg), "",
         f"Units: 99-HD and MSD in **voxels** of the working grid ({voxel_mm:g} mm here; the paper's voxels are "
         "2 mm), directed from ground truth to prediction (MONAI, reference first). Mean over "
-        f"{n_volumes} {image_set} volumes ({n_subjects} subjects, each with one or more independent lesion "
-        "draws) ± standard error over subjects. `missed` = volumes with an empty prediction: their distances "
+        f"{n_volumes} {image_set} volumes ({n_subjects} {units}, each with one or more independent lesion "
+        f"draws) ± standard error over {units}"
+        + (" (subjects made from one anatomy share its brain, so the anatomy is the independent unit)"
+           if unit == "anatomy" else "") + ". `missed` = volumes with an empty prediction: their distances "
         "are undefined and left out of the distance means (never counted as 0).", "",
     ]
     present = list(summary["method"]) if len(summary) else []
@@ -295,6 +341,7 @@ def write_tables(
     protocols: Sequence[str] | None = None,
     image_set: str = "test",
     best: Mapping[tuple[str, str], str | None] | None = None,
+    participants: PathLike | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Write ``{protocol}_csv`` / ``{protocol}_md`` for every protocol and ``size_bins_csv`` from the inputs.
 
@@ -302,6 +349,8 @@ def write_tables(
     Markdown table rather than failing the run. ``protocols`` defaults to the oracle and every FPR level; the
     validation table passes just the oracle (deployable thresholds are fixed on test-split healthy images).
     ``best`` maps (protocol, metric) to the method the paired statistics call best (stats.best_methods).
+    ``participants`` (the cohort's participants.tsv) decides the independent unit of the standard errors
+    (:func:`independent_units`): the anatomy for the label-map cohort, else the subject.
     """
     logger = logger or logging.getLogger("spatial_msma")
     protocols = list(protocols) if protocols is not None else cfg.protocols
@@ -310,7 +359,8 @@ def write_tables(
     absent = [k for k in needed if k not in outputs]
     if absent:
         raise InputError(f"table outputs: missing named output(s) {absent}")
-    per_subject = read_metric_csvs(metric_csvs)
+    units = independent_units(participants)
+    per_subject = by_unit(read_metric_csvs(metric_csvs), units)
     thresholds = {}
     for path in threshold_jsons:
         data = load_thresholds(path)
@@ -319,12 +369,13 @@ def write_tables(
     voxel_mm = float(per_subject["voxel_mm"].mean()) if len(per_subject) else float("nan")
     summaries = {}
     for protocol in protocols:
-        summary = summarise(per_subject, thresholds, protocol)
+        summary = summarise(per_subject, thresholds, protocol).assign(unit=unit_name(units))
         missing = [m for m in expected if m not in set(summary["method"] if len(summary) else ())]
         write_table(summary, outputs[f"{protocol}_csv"])
         write_text(markdown_report(summary, bins[bins["protocol"] == protocol], protocol, cfg, missing, voxel_mm,
                                    title, image_set, lesions_left_out(per_subject, protocol),
-                                   {m: b for (p, m), b in (best or {}).items() if p == protocol}),
+                                   {m: b for (p, m), b in (best or {}).items() if p == protocol},
+                                   unit_name(units)),
                    outputs[f"{protocol}_md"])
         summaries[protocol] = summary
         logger.info("table %s: %d methods, missing %s -> %s", protocol, len(summary), missing,
