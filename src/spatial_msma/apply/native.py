@@ -95,9 +95,10 @@ def lesion_table(labels: np.ndarray, heatmap: np.ndarray, affine: np.ndarray, th
     world mm (the scan's affine), peak and mean of ``heatmap`` over its voxels, and the threshold that made it.
     Rows run largest first and are numbered 1..n in that order (``lesion``); returns the table and ``labels``
     renumbered to that column. An id without a voxel gets no row."""
-    ids = np.flatnonzero(np.bincount(labels.ravel()))
+    counts = np.bincount(labels.ravel())
+    ids = np.flatnonzero(counts)
     ids = ids[ids > 0]
-    voxels = np.bincount(labels.ravel())[ids]
+    voxels = counts[ids]
     centres = np.asarray(ndimage.center_of_mass(labels > 0, labels, ids), dtype=np.float64).reshape(-1, 3)
     world = (affine[:3, :3] @ centres.T).T + affine[:3, 3]
     table = pd.DataFrame({"volume_mm3": voxels * float(abs(np.linalg.det(affine[:3, :3]))), "voxels": voxels,
