@@ -173,13 +173,21 @@ def auto_sigmas(
     (sigma of the order of the noise up to about 1), which a sigma_min that large would cut off
     (benchmarks/README.md). The paper's 0.06 is, on its scaling, of the size of the noise, which is what the
     lowest level must resolve.
+
+    ``images`` and ``masks`` are indexed only at the picked images, so they may be sequences that read
+    from disk (:class:`~spatial_msma.disk_stack.DiskStack`, :class:`~spatial_msma.score.train.BrainMasks`):
+    the memory used is bounded by ``max_images``, not by the training set.
     """
     n = len(images)
     pick = np.sort(rng.choice(n, size=min(n, max_images), replace=False))
     measured: dict[str, float] = {"n_images_used": float(len(pick))}
-    noise = [estimate_noise_sd(images[i], masks[i]) for i in pick]
+    noise, spread = [], []
+    for i in pick:  # each image and mask read once: they may be read from disk on demand
+        image, mask = images[i], masks[i]
+        noise.append(estimate_noise_sd(image, mask))
+        spread.append(brain_intensity_sd(image, mask))
     measured["noise_sd_median"] = float(np.median(noise))
-    measured["brain_intensity_sd_mean"] = float(np.mean([brain_intensity_sd(images[i], masks[i]) for i in pick]))
+    measured["brain_intensity_sd_mean"] = float(np.mean(spread))
     if sigma_max == "auto":
         sigma_max = estimate_sigma_max(np.stack([images[i] for i in pick]))
         measured["sigma_max_auto"] = sigma_max
