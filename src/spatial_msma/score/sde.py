@@ -113,12 +113,13 @@ def estimate_sigma_max(images: np.ndarray, percentile: float = 99.0) -> float:
     """
     if len(images) < 2:
         raise InputError("score.sigma_max: auto needs at least 2 training images")
-    flat = images.reshape(len(images), -1).astype(np.float64)
+    flat = images.reshape(len(images), -1)  # float64 a chunk at a time: the images once, not twice more
     rows = max(1, PAIRWISE_CHUNK_VALUES // flat.shape[1])
     upper = []  # the upper triangle, row by row (np.triu_indices' order)
     for i in range(len(flat) - 1):
+        image = flat[i].astype(np.float64)
         for start in range(i + 1, len(flat), rows):
-            diff = flat[start:start + rows] - flat[i]
+            diff = flat[start:start + rows].astype(np.float64) - image
             upper.append(np.sqrt((diff * diff).sum(axis=1)))
     return float(np.percentile(np.concatenate(upper), percentile))
 
