@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 from synthetic_norms import write_synthetic_set
 
-from spatial_msma.flow.data import SubjectData, load_subjects, subsample_voxels
+from spatial_msma.flow.data import SubjectData, iter_subjects, subsample_voxels
 from spatial_msma.flow.gaussian import fit_voxel_gaussian
 from spatial_msma.flow.model import ModelMeta, load_payload
 from spatial_msma.flow.train import train_flow
@@ -146,8 +146,8 @@ def test_train_flow_script_runs_under_a_snakemake_namespace(data, tmp_path):
 
 def test_subsample_voxels_is_a_seeded_subset(data):
     train, _ = data
-    subjects = load_subjects(train.manifest, train.image_paths, True, 1e-6)
-    small = subsample_voxels(subjects, 100, seed=0)
+    subjects = list(iter_subjects(train.manifest, train.image_paths, True, 1e-6))
+    small = list(subsample_voxels(subjects, 100, seed=0))
     assert [s.index.shape[0] for s in small] == [100] * len(subjects)
     for full, sub in zip(subjects, small, strict=True):
         rows = {tuple(r) for r in full.index}
@@ -156,4 +156,4 @@ def test_subsample_voxels_is_a_seeded_subset(data):
         np.testing.assert_array_equal(np.stack([lookup[tuple(r)] for r in sub.index]), sub.features)
     again = subsample_voxels(subjects, 100, seed=0)
     assert all(np.array_equal(a.index, b.index) for a, b in zip(small, again, strict=True))
-    assert subsample_voxels(subjects, None, seed=0) == subjects
+    assert list(subsample_voxels(subjects, None, seed=0)) == subjects

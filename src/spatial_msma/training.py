@@ -42,6 +42,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from spatial_msma import io
+from spatial_msma.disk_stack import DiskStack, StackWriter
 from spatial_msma.io import InputError, as_path_list, atomic_path, check_number, check_numbers, save_figure
 from spatial_msma.progress import Progress, script_logger
 
@@ -332,7 +333,8 @@ def fingerprint(config: Mapping[str, object], seed: int, **data: object) -> dict
 
 
 def load_volumes(paths: Sequence[str | os.PathLike]) -> np.ndarray:
-    """Read (C, X, Y, Z) images into one (N, C, X, Y, Z) float32 array; all must share a shape."""
+    """Read (C, X, Y, Z) images into one (N, C, X, Y, Z) float32 array; all must share a shape. For a few
+    images (the validation ones); a training set goes to disk (:func:`stack_volumes`)."""
     if not paths:
         return np.zeros((0,), np.float32)
     volumes = [io.read_channels(p)[0] for p in paths]
@@ -342,23 +344,51 @@ def load_volumes(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     return np.stack(volumes)
 
 
+def stack_volumes(paths: Sequence[str | os.PathLike], stack: str | os.PathLike, digest: Any) -> DiskStack:
+    """Write (C, X, Y, Z) images, read one at a time, to the disk stack ``stack`` (N, C, X, Y, Z) float32,
+    and feed each one's bytes to ``digest`` (a ``hashlib`` object) in order: the same hash as of the stacked
+    array. All must share a shape (an :class:`InputError` names the first that does not)."""
+    first = io.read_channels(paths[0])[0]
+    with StackWriter(stack, first.shape, np.float32) as writer:
+        for i, path in enumerate(paths):
+            volume = io.read_channels(path)[0] if i else first
+            if volume.shape != first.shape:
+                raise InputError(f"image {path}: shape {volume.shape} differs from {paths[0]} {first.shape}")
+            digest.update(np.ascontiguousarray(volume, np.float32).data)
+            writer.append(volume[None])
+        return writer.finish()
+
+
+#: The file of :class:`ImageTrainer`'s training images in its checkpoint directory (scratch, rewritten at every
+#: start, deleted once the model is written).
+TRAIN_STACK = "train_images.f32"
+
+
 @dataclass(frozen=True)
 class TrainingImages:
-    """The whole images one run trains and validates on, each set as one (N, C, X, Y, Z) float32 array."""
+    """The images one run trains and validates on: the training set as a :class:`DiskStack` (N, C, X, Y, Z)
+    float32, read a batch at a time, so a job's memory does not grow with the cohort; the validation images
+    (at most the config's ``val_images``) as one in-memory array, as is the fixed validation batch."""
 
-    train: np.ndarray
+    train: DiskStack
     val: np.ndarray
     train_names: tuple[str, ...]
+    data_hash: str
 
     @classmethod
-    def load(cls, train_paths: Sequence[str], val_paths: Sequence[str], what: str) -> TrainingImages:
-        train = load_volumes(train_paths)
-        if len(train) < 1:
+    def load(cls, train_paths: Sequence[str], val_paths: Sequence[str], what: str,
+             stack: str | os.PathLike) -> TrainingImages:
+        """Write the training images to the disk stack ``stack``, hashing them on the way, and read the
+        validation images."""
+        if not train_paths:
             raise InputError(f"{what}: no training images")
+        digest = hashlib.blake2b(digest_size=16)
+        train = stack_volumes(train_paths, stack, digest)
         val = load_volumes(val_paths)
         if len(val) and val.shape[1:] != train.shape[1:]:
             raise InputError(f"val image {val_paths[0]}: shape {val.shape[1:]} differs from train {train.shape[1:]}")
-        return cls(train, val, tuple(Path(p).name for p in train_paths))
+        digest.update(np.ascontiguousarray(val).data)
+        return cls(train, val, tuple(Path(p).name for p in train_paths), digest.hexdigest())
 
     @property
     def in_channels(self) -> int:
@@ -371,10 +401,7 @@ class TrainingImages:
     def identity(self) -> dict[str, object]:
         """The data part of a :func:`fingerprint`: file names, array shape and a content hash of both sets
         (a regenerated cohort keeps its file names)."""
-        digest = hashlib.blake2b(digest_size=16)
-        for array in (self.train, self.val):
-            digest.update(np.ascontiguousarray(array).data)
-        return {"train": list(self.train_names), "shape": list(self.train.shape), "data_hash": digest.hexdigest()}
+        return {"train": list(self.train_names), "shape": list(self.train.shape), "data_hash": self.data_hash}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -509,7 +536,8 @@ class ImageTrainer:
         self.stopping = StoppingState()
         self.device = resolve_device(cfg.device)
         set_deterministic(self.device)
-        self.data = TrainingImages.load(as_path_list(train_images), as_path_list(val_images)[: cfg.val_images], label)
+        self.data = TrainingImages.load(as_path_list(train_images), as_path_list(val_images)[: cfg.val_images], label,
+                                        Path(checkpoint_dir) / TRAIN_STACK)
         logger.info("%s: %d train / %d val images of %s, %d channels, device %s", label, len(self.data.train),
                     len(self.data.val), self.data.shape, self.data.in_channels, self.device)
         self.checkpoints = CheckpointDir(checkpoint_dir, keep=cfg.keep_checkpoints)
@@ -519,12 +547,13 @@ class ImageTrainer:
             logger.warning("%s: no validation images, so no early stopping: all %d steps run", label, cfg.steps)
             self.early_stopping = None
         self.log_path = self.checkpoints.directory / "training_log.csv"
-        self._train = torch.from_numpy(self.data.train)
 
     def draw(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-        """``batch_size`` training images drawn with replacement, on the CPU. No augmentation: the images
-        share the template grid, and flips would teach a model that asymmetric anatomy is normal."""
-        return self._train[torch.randint(len(self._train), (batch_size,), generator=generator)]
+        """``batch_size`` training images drawn with replacement, on the CPU, read from the disk stack. No
+        augmentation: the images share the template grid, and flips would teach a model that asymmetric
+        anatomy is normal."""
+        picks = torch.randint(len(self.data.train), (batch_size,), generator=generator)
+        return torch.from_numpy(self.data.train.read(picks.numpy()))
 
     @torch.no_grad()
     def validate(self, net: nn.Module, val_loss: ValLoss, val_batch: Sequence[torch.Tensor]) -> float:
@@ -618,7 +647,8 @@ class ImageTrainer:
     def write(self, net: nn.Module, model_out: str | os.PathLike, log_out: str | os.PathLike,
               figure_out: str | os.PathLike | None, plot: Callable[[pd.DataFrame, str | os.PathLike], None],
               model_format: str, network: Mapping[str, object], **fields: object) -> None:
-        """Write the model file, the CSV log and (unless ``figure_out`` is None) the loss figure.
+        """Write the model file, the CSV log and (unless ``figure_out`` is None) the loss figure; delete the
+        training images' disk stack (scratch: a rerun writes it anew).
 
         The model file holds ``net``'s weights with all that rebuilds and uses it without the config (the
         ``network`` description, channels, image shape and the model's own ``fields``); read it back with
@@ -632,6 +662,7 @@ class ImageTrainer:
         io.write_table(frame, log_out)
         if figure_out is not None:
             plot(frame, figure_out)
+        self.data.train.unlink()
         self.logger.info("%s: model written to %s", self.label, model_out)
 
 

@@ -9,7 +9,7 @@ near the mask edge, say -- cannot produce unbounded scores. numpy only: it runs 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,15 +22,40 @@ if TYPE_CHECKING:
 
 
 def fit_zscore(images: Sequence[str | os.PathLike], sd_floor: float) -> dict[str, np.ndarray]:
-    """Voxelwise mean and floored SD over ``images`` (each (C, X, Y, Z) on the shared cropped grid)."""
-    stack = np.stack([read_channels(path)[0] for path in images]).astype(np.float64)
-    if stack.shape[0] < 2:
-        raise InputError(f"z-score model: needs at least 2 training images, got {stack.shape[0]}")
+    """Voxelwise mean and floored SD over ``images`` (each (C, X, Y, Z) on the shared cropped grid).
+
+    Read twice, one image at a time (the mean, then the squared deviations from it), so memory does not
+    grow with the training set. The float64 sums run in image order, as numpy's ``mean`` and
+    ``std(ddof=1)`` over the stacked images do (a reduction over the first axis adds row by row): the same
+    floats as the stacked computation this replaced.
+    """
+    if len(images) < 2:
+        raise InputError(f"z-score model: needs at least 2 training images, got {len(images)}")
+    total = None
+    for volume in _volumes(images):
+        total = volume if total is None else total + volume
+    mean = total / len(images)
+    squares = None
+    for volume in _volumes(images):
+        deviation = volume - mean
+        deviation *= deviation
+        squares = deviation if squares is None else squares + deviation
     return {
-        "mean": stack.mean(axis=0).astype(np.float32),
-        "sd": np.maximum(stack.std(axis=0, ddof=1), sd_floor).astype(np.float32),
-        "n_images": np.array(stack.shape[0]),
+        "mean": mean.astype(np.float32),
+        "sd": np.maximum(np.sqrt(squares / (len(images) - 1)), sd_floor).astype(np.float32),
+        "n_images": np.array(len(images)),
     }
+
+
+def _volumes(images: Sequence[str | os.PathLike]) -> Iterator[np.ndarray]:
+    """The images as float64, one at a time, each checked to share the first one's shape."""
+    shape = None
+    for path in images:
+        volume = read_channels(path)[0].astype(np.float64)
+        shape = shape or volume.shape
+        if volume.shape != shape:
+            raise InputError(f"z-score model: image {path} has shape {volume.shape}, {images[0]} has {shape}")
+        yield volume
 
 
 def write_zscore_model(model: dict[str, np.ndarray], path: str | os.PathLike) -> None:

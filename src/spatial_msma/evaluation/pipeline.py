@@ -8,10 +8,11 @@ the image instead of a silent mismatch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,7 +286,8 @@ def fit_method_thresholds(
 ) -> dict:
     """Fit the deployable thresholds of one method on its healthy heatmaps and write them as JSON.
 
-    ``healthy`` maps a set name (``val``, ``test``) to (heatmap paths, brain-mask paths). Voxels of all
+    ``healthy`` maps a set name (``val``, ``test``) to (heatmap paths, brain-mask paths), read one image at
+    a time (what grows with the sets is the pooled region values, 4 bytes a voxel). Voxels of all
     sets are pooled inside the evaluated region (:func:`load_region_case`), the region the thresholds are
     applied in. The JSON records per threshold the FPR reached on those voxels and, on the lesion-free
     ``test`` images, the realised voxel FPR of the raw threshold and of the post-processed segmentation
@@ -297,15 +299,24 @@ def fit_method_thresholds(
     if cases_total == 0:
         raise InputError(f"method {method}: no healthy heatmaps to fit thresholds on")
     progress = Progress(cases_total, f"healthy voxels {method}", logger)
-    cases: dict[str, list[Case]] = {}
+    # one image in memory at a time: pass 1 keeps only the region's voxel values and the image scores; the
+    # lesion-free test images are read again once the thresholds are known
+    loaders: dict[str, list[Callable[[], Case]]] = {}
     for set_name, (heatmaps, brain_masks) in healthy.items():
         heat_by, brains_by = by_subject(heatmaps, HEATMAP_SUFFIX), by_subject(brain_masks, BRAINMASK_SUFFIX)
-        cases[set_name] = []
-        for subject in sorted(heat_by):
-            cases[set_name].append(load_region_case(subject, heat_by[subject],
-                                                    lookup(brains_by, subject, f"{set_name} brain mask"), cfg))
-            progress.update(sum(len(c) for c in cases.values()))
-    pooled = np.concatenate([c.heatmap[c.brain] for set_cases in cases.values() for c in set_cases])
+        loaders[set_name] = [functools.partial(load_region_case, subject, heat_by[subject],
+                                               lookup(brains_by, subject, f"{set_name} brain mask"), cfg)
+                             for subject in sorted(heat_by)]
+    values, scores = [], {}
+    for set_name, set_loaders in loaders.items():
+        scores[set_name] = {}
+        for load in set_loaders:
+            case = load()
+            values.append(case.heatmap[case.brain])
+            scores[set_name][case.image_id] = image_score(case.heatmap, case.brain, cfg.image_score_percentile)
+            progress.update(len(values))
+    pooled = np.concatenate(values)
+    del values
     fitted = fpr_thresholds(pooled, cfg.fpr_levels)
     protocols = {}
     for level, thr in fitted.items():
@@ -314,23 +325,26 @@ def fit_method_thresholds(
             "threshold": thr,
             "fpr_achieved": float((pooled > thr).mean()),
         }
-    for entry in protocols.values():
-        raw, segmented, fp = [], [], []
-        for case in cases.get("test", []):
-            pred = segment(case.heatmap, case.brain, entry["threshold"], cfg, rim_for(case.brain, cfg))
+    test_rates: dict[str, tuple[list[float], list[float], list[int]]] = {name: ([], [], []) for name in protocols}
+    for load in loaders.get("test", []):
+        case = load()
+        rim = rim_for(case.brain, cfg)
+        for name, entry in protocols.items():
+            raw, segmented, fp = test_rates[name]
+            pred = segment(case.heatmap, case.brain, entry["threshold"], cfg, rim)
             raw.append(float((case.heatmap[case.brain] > entry["threshold"]).mean()))
             segmented.append(float(pred[case.brain].mean()))
             fp.append(label_components(pred, cfg.component_connectivity_metrics)[1])
+    for name, entry in protocols.items():
+        raw, segmented, fp = test_rates[name]
         entry["fpr_lesion_free_test"] = float(np.mean(raw)) if raw else None
         entry["fpr_lesion_free_test_segmented"] = float(np.mean(segmented)) if segmented else None
         entry["fp_components_per_lesion_free_test_image"] = float(np.mean(fp)) if fp else None
-    scores = {set_name: {c.image_id: image_score(c.heatmap, c.brain, cfg.image_score_percentile) for c in set_cases}
-              for set_name, set_cases in cases.items()}
     result = {
         "method": method,
         "protocols": protocols,
         "n_voxels": int(pooled.size),
-        "n_images": {set_name: len(set_cases) for set_name, set_cases in cases.items()},
+        "n_images": {set_name: len(set_loaders) for set_name, set_loaders in loaders.items()},
         "image_scores": scores,
         "config": cfg.to_dict(),
     }

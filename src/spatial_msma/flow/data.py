@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +52,15 @@ class SubjectData:
     sigmas: np.ndarray  # all levels of the cache
 
 
+@dataclass(frozen=True)
+class SubjectVoxels:
+    """One subject's voxels as the per-voxel Gaussian fit reads them: features (N, L') before
+    standardisation and voxel indices (N, 3) int64 (a :class:`SubjectData` without its image)."""
+
+    features: np.ndarray
+    index: np.ndarray
+
+
 def load_subject(norm_path: str | os.PathLike, image_path: str | os.PathLike, levels: np.ndarray,
                  log_transform: bool, log_eps: float) -> SubjectData:
     """Read one (norm cache, image) pair: see :func:`subject_data`."""
@@ -79,41 +88,46 @@ def subject_data(cache: NormCache, image_path: str | os.PathLike, levels: np.nda
                        cache.sigmas)
 
 
-def load_subjects(manifest: str | os.PathLike, image_paths: Sequence[str | os.PathLike],
+def iter_subjects(manifest: str | os.PathLike, image_paths: Sequence[str | os.PathLike],
                   log_transform: bool, log_eps: float, levels: np.ndarray | None = None,
-                  max_sigma: float | None = None) -> list[SubjectData]:
-    """Load the set a score-norm manifest lists, with its images in the same order; all share one grid,
-    affine and list of sigmas (:meth:`~spatial_msma.score.cache.CacheSet.caches` checks it)."""
+                  max_sigma: float | None = None) -> Iterator[SubjectData]:
+    """The set a score-norm manifest lists, with its images in the same order, one subject at a time (a
+    paper-sized set does not fit in memory); all share one grid, affine and list of sigmas
+    (:meth:`~spatial_msma.score.cache.CacheSet.caches` checks it). ``levels`` None: the first cache's
+    :func:`level_selection` under ``max_sigma``, used for all."""
     caches = read_manifest(manifest)
     if len(caches) != len(image_paths):
         raise InputError(f"flow: {len(caches)} score-norm files in {manifest} but {len(image_paths)} images")
     if not len(caches):
         raise InputError(f"flow: no subjects in {manifest}")
-    subjects: list[SubjectData] = []
     for cache, image_path in zip(caches.caches(), image_paths, strict=True):
         if levels is None:
             levels = level_selection(cache.sigmas, max_sigma)
-        subjects.append(subject_data(cache, image_path, levels, log_transform, log_eps))
-    return subjects
+        yield subject_data(cache, image_path, levels, log_transform, log_eps)
 
 
-def subsample_voxels(subjects: Sequence[SubjectData], n: int | None, seed: int) -> list[SubjectData]:
-    """Keep at most ``n`` seeded random in-brain voxels per subject (all when ``n`` is None)."""
-    if n is None:
-        return list(subjects)
-    out = []
+def subsample_voxels(subjects: Iterable[SubjectData], n: int | None, seed: int) -> Iterator[SubjectData]:
+    """Keep at most ``n`` seeded random in-brain voxels per subject (all when ``n`` is None), subject by
+    subject (the ``i``-th subject's draw depends on ``seed`` and ``i`` only)."""
     for i, subj in enumerate(subjects):
-        if subj.index.shape[0] <= n:
-            out.append(subj)
+        if n is None or subj.index.shape[0] <= n:
+            yield subj
             continue
         keep = np.sort(np.random.default_rng([seed, 11, i]).choice(subj.index.shape[0], size=n, replace=False))
-        out.append(dataclasses.replace(subj, features=subj.features[keep], index=subj.index[keep]))
-    return out
+        yield dataclasses.replace(subj, features=subj.features[keep], index=subj.index[keep])
 
 
-def feature_stats(subjects: Sequence[SubjectData]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-level mean and SD over every training voxel (float64 sums); SD floored so constant levels work."""
-    count = sum(s.features.shape[0] for s in subjects)
-    mean = sum(s.features.sum(0, dtype=np.float64) for s in subjects) / count
-    var = sum(((s.features - mean) ** 2).sum(0, dtype=np.float64) for s in subjects) / count
+def feature_stats(blocks: Callable[[], Iterable[np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-level mean and SD over every training voxel (float64 sums); SD floored so constant levels work.
+
+    ``blocks()`` yields the subjects' (N_s, L) features one subject at a time; it is called twice (the mean,
+    then the squared deviations from it), so only one subject's features are in memory. The sums run in
+    subject order as over a list of all subjects: the same floats.
+    """
+    count, total = 0, 0
+    for features in blocks():
+        count += features.shape[0]
+        total = total + features.sum(0, dtype=np.float64)
+    mean = total / count
+    var = sum(((features - mean) ** 2).sum(0, dtype=np.float64) for features in blocks()) / count
     return mean.astype(np.float32), np.maximum(np.sqrt(var), 1e-6).astype(np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from spatial_msma.flow.data import SubjectData
+from spatial_msma.flow.data import SubjectData, SubjectVoxels
 from spatial_msma.flow.model import ModelMeta, meta_from_dict, meta_to_dict
 from spatial_msma.training import save_torch
 
@@ -53,11 +53,16 @@ class VoxelGaussian:
         return (0.5 * (maha + constant + dim * math.log(2 * math.pi))).astype(np.float32)
 
 
-def fit_voxel_gaussian(subjects: Sequence[SubjectData], meta: ModelMeta, pool: int, ridge: float) -> VoxelGaussian:
-    """Pooled per-voxel mean/covariance of the standardised features of ``subjects``.
+def fit_voxel_gaussian(subjects: Iterable[SubjectData | SubjectVoxels], meta: ModelMeta, pool: int,
+                       ridge: float) -> VoxelGaussian:
+    """Pooled per-voxel mean/covariance of the standardised features of ``subjects``, read once, one at a
+    time (the sums are per voxel, so memory does not grow with the number of subjects).
 
     ``ridge`` is added to every covariance diagonal (standardised units): pooled samples at a voxel
-    are strongly correlated, so without it near-singular covariances give absurd NLLs.
+    are strongly correlated, so without it near-singular covariances give absurd NLLs. The fallback for
+    voxels with too few pooled samples, the mean/covariance over all training voxels, comes from the same
+    (unpooled) float64 sums: E[x x^T] - E[x] E[x]^T, not ``np.cov`` of all voxels stacked (which held the
+    whole set in memory; its BLAS product gave other last bits).
     """
     mean_f = np.asarray(meta.feature_mean, dtype=np.float32)
     std_f = np.asarray(meta.feature_std, dtype=np.float32)
@@ -74,6 +79,11 @@ def fit_voxel_gaussian(subjects: Sequence[SubjectData], meta: ModelMeta, pool: i
         s1[:, i, j, k] += x.T
         for p, (a, b) in enumerate(pairs):
             s2[p, i, j, k] += x[:, a].astype(np.float64) * x[:, b]
+    total = count.sum()
+    global_mean = s1.sum(axis=(1, 2, 3)) / total
+    global_cov = np.empty((dim, dim))
+    for p, (a, b) in enumerate(pairs):
+        global_cov[a, b] = global_cov[b, a] = s2[p].sum() / total - global_mean[a] * global_mean[b]
     volume = float(pool**3)
 
     def pooled(arr: np.ndarray) -> np.ndarray:
@@ -84,10 +94,6 @@ def fit_voxel_gaussian(subjects: Sequence[SubjectData], meta: ModelMeta, pool: i
     second = np.empty((*shape, dim, dim))
     for p, (a, b) in enumerate(pairs):
         second[..., a, b] = second[..., b, a] = pooled(s2[p])
-
-    all_x = np.concatenate([(s.features - mean_f) / std_f for s in subjects]).astype(np.float64)
-    global_mean = all_x.mean(0)
-    global_cov = np.cov(all_x, rowvar=False, bias=True).reshape(dim, dim)
 
     enough = n >= 2 * dim
     safe_n = np.where(enough, n, 1.0)[..., None]

@@ -113,12 +113,13 @@ def estimate_sigma_max(images: np.ndarray, percentile: float = 99.0) -> float:
     """
     if len(images) < 2:
         raise InputError("score.sigma_max: auto needs at least 2 training images")
-    flat = images.reshape(len(images), -1).astype(np.float64)
+    flat = images.reshape(len(images), -1)  # float64 a chunk at a time: the images once, not twice more
     rows = max(1, PAIRWISE_CHUNK_VALUES // flat.shape[1])
     upper = []  # the upper triangle, row by row (np.triu_indices' order)
     for i in range(len(flat) - 1):
+        image = flat[i].astype(np.float64)
         for start in range(i + 1, len(flat), rows):
-            diff = flat[start:start + rows] - flat[i]
+            diff = flat[start:start + rows].astype(np.float64) - image
             upper.append(np.sqrt((diff * diff).sum(axis=1)))
     return float(np.percentile(np.concatenate(upper), percentile))
 
@@ -173,13 +174,21 @@ def auto_sigmas(
     (sigma of the order of the noise up to about 1), which a sigma_min that large would cut off
     (benchmarks/README.md). The paper's 0.06 is, on its scaling, of the size of the noise, which is what the
     lowest level must resolve.
+
+    ``images`` and ``masks`` are indexed only at the picked images, so they may be sequences that read
+    from disk (:class:`~spatial_msma.disk_stack.DiskStack`, :class:`~spatial_msma.score.train.BrainMasks`):
+    the memory used is bounded by ``max_images``, not by the training set.
     """
     n = len(images)
     pick = np.sort(rng.choice(n, size=min(n, max_images), replace=False))
     measured: dict[str, float] = {"n_images_used": float(len(pick))}
-    noise = [estimate_noise_sd(images[i], masks[i]) for i in pick]
+    noise, spread = [], []
+    for i in pick:  # each image and mask read once: they may be read from disk on demand
+        image, mask = images[i], masks[i]
+        noise.append(estimate_noise_sd(image, mask))
+        spread.append(brain_intensity_sd(image, mask))
     measured["noise_sd_median"] = float(np.median(noise))
-    measured["brain_intensity_sd_mean"] = float(np.mean([brain_intensity_sd(images[i], masks[i]) for i in pick]))
+    measured["brain_intensity_sd_mean"] = float(np.mean(spread))
     if sigma_max == "auto":
         sigma_max = estimate_sigma_max(np.stack([images[i] for i in pick]))
         measured["sigma_max_auto"] = sigma_max

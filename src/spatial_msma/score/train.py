@@ -72,6 +72,25 @@ class ScoreConfig(LoopSettings):
         return plain_dict(self)
 
 
+@dataclass(frozen=True)
+class BrainMasks:
+    """The training images' brain masks as a sequence that reads a mask when it is indexed, checking it lies
+    on the images' grid ``shape``: the sigma estimates use at most ``sigma_auto_max_images`` of them, and a
+    paper-sized cohort's masks together would be a gigabyte."""
+
+    paths: Sequence[str]
+    shape: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        mask = io.read_mask(self.paths[i])[0]
+        if mask.shape != self.shape:
+            raise InputError(f"brain mask {self.paths[i]}: shape {mask.shape} differs from the images {self.shape}")
+        return mask
+
+
 def fixed_validation_batch(
     val: np.ndarray, sde: VESDE, cfg: ScoreConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,13 +128,9 @@ def train_score_model(train_images: Sequence[str | os.PathLike], train_masks: Se
                            cpu_threads=CPU_THREADS)
     state, device = trainer.resumed, trainer.device
     if state is None:
-        masks = [io.read_mask(p)[0] for p in train_masks]
-        for path, mask in zip(train_masks, masks, strict=True):
-            if mask.shape != trainer.data.shape:
-                raise InputError(f"brain mask {path}: shape {mask.shape} differs from the images {trainer.data.shape}")
         sigma_min, sigma_max, measured = auto_sigmas(
-            list(trainer.data.train), masks, cfg.sigma_min, cfg.sigma_max, cfg.sigma_auto_max_images,
-            np.random.default_rng(seed),
+            trainer.data.train, BrainMasks(train_masks, trainer.data.shape), cfg.sigma_min, cfg.sigma_max,
+            cfg.sigma_auto_max_images, np.random.default_rng(seed),
         )
     else:
         sigma_min, sigma_max = float(state["sigma_min"]), float(state["sigma_max"])  # type: ignore[arg-type]
