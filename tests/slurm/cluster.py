@@ -14,7 +14,10 @@ Each setting below was learned from a hang or a failure of an earlier bring-up o
   finished jobs visible to squeue, and to the test's scontrol checks after a run of several minutes (with a
   small MinJobAge the plugin falls back to sacct and hangs; with 300 s the first jobs were gone by then).
   jobcomp/filetxt writes one line per finished job to DIR/jobcomp.txt: the proof that jobs ran.
-- One fake GPU (gres gpu:1, File=/dev/null) so a rule's `gpu: 1` (sbatch --gpus=1) is scheduled for real.
+- Two fake GPUs (gres gpu with device files /dev/null and /dev/zero: slurmd counts a GPU without a File as
+  none and drains the node) so a rule's `gpu: 1` (sbatch --gpus=1) is scheduled for real, two GPU jobs side
+  by side on a 2-core machine as two CPU jobs are (Table 1's DAG has ~25 GPU jobs, most of them ready at once
+  after the score model).
 - The node declares at least NODE_MEM_MB of memory (SlurmdParameters=config_overrides) so the profile's
   paper-sized memory requests (up to 64 GB) are accepted; the test's jobs use well under 2 GB each. Its CPU
   count is the machine's own.
@@ -36,6 +39,7 @@ BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "mun
 ETC_CONF = Path("/etc/slurm/slurm.conf")
 PARTITION = "msma"
 NODE_MEM_MB = 131072
+GPU_FILES = ["/dev/null", "/dev/zero"]  # stand-ins for /dev/nvidia0, /dev/nvidia1
 
 
 def missing_binaries():
@@ -140,11 +144,11 @@ SlurmdParameters=config_overrides
 SchedulerParameters=sched_interval=1
 DefMemPerCPU=1000
 GresTypes=gpu
-{node_line} NodeAddr=127.0.0.1 Gres=gpu:1 State=UNKNOWN
+{node_line} NodeAddr=127.0.0.1 Gres=gpu:{len(GPU_FILES)} State=UNKNOWN
 PartitionName={PARTITION} Nodes={hostname} Default=YES MaxTime=INFINITE State=UP
 """
     (root / "slurm.conf").write_text(conf)
-    (root / "gres.conf").write_text(f"NodeName={hostname} Name=gpu File=/dev/null\n")
+    (root / "gres.conf").write_text("".join(f"NodeName={hostname} Name=gpu File={device}\n" for device in GPU_FILES))
     return munge_socket
 
 
