@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install run seed-spread test lint clean
+.PHONY: install run seed-spread test test-slurm lint clean
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ seed-spread: install
 	$(BIN)/snakemake --cores $(CORES) results/seed_spread/table1.csv
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slurm"
+
+# The whole Table-1 DAG through a real one-node SLURM (tests/test_slurm.py; needs root, ~12 min on 2 cores):
+# .ci/run runs it after `make test`.
+test-slurm: install
+	$(BIN)/python -m pytest -q -m slurm
 
 lint: install
 	$(BIN)/ruff check .

@@ -50,7 +50,6 @@ SMALLER = {
 GPU_RULES_OUTSIDE_TABLE1 = {"apply_subject"}
 SNAKEMAKE_TIMEOUT_S = 1500
 
-pytestmark = pytest.mark.slow
 
 
 def _cluster(*args, timeout=120):
@@ -160,6 +159,8 @@ def _gpu_rules():
     return {rule for rule, block in _rule_resources().items() if re.search(r"\bgpu\s*=", block)}
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_every_job_of_the_table1_dag_went_through_sbatch_and_completed(slurm_run):
     jobs = slurm_run.jobs
     assert {style for _, style in slurm_run.dag} == {"rounded,dashed"}, \
@@ -171,6 +172,8 @@ def test_every_job_of_the_table1_dag_went_through_sbatch_and_completed(slurm_run
     assert f"{len(jobs)} of {len(jobs)} steps (100%) done" in slurm_run.log
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_gpu_rules_got_their_gpu_and_cpu_rules_none(slurm_run):
     gpu_rules, ran = _gpu_rules(), set(slurm_run.jobs["rule"])
     assert gpu_rules & ran == gpu_rules - GPU_RULES_OUTSIDE_TABLE1
@@ -182,6 +185,8 @@ def test_gpu_rules_got_their_gpu_and_cpu_rules_none(slurm_run):
         assert job.gres == ("gres:gpu:1" if job.rule in gpu_rules else "-"), (job.rule, job.slurm_job, job.gres)
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_table1_has_a_row_per_method_with_finite_metrics(slurm_run):
     workdir = slurm_run.workdir
     volumes = len((workdir / "results/cohort/test.txt").read_text().split()) * SMALLER["lesion_draws"]["test"]
@@ -196,6 +201,8 @@ def test_table1_has_a_row_per_method_with_finite_metrics(slurm_run):
     assert (pd.read_csv(workdir / TARGET)["protocol"] == "oracle").all()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_outputs_are_right(slurm_run):
     workdir = slurm_run.workdir
     splits = {s: (workdir / f"results/cohort/{s}.txt").read_text().split() for s in ("train", "val", "test")}
