@@ -37,8 +37,9 @@ TARGET = "results/table1.csv"
 # tiny.yaml made cheaper with every rule of Table 1's DAG kept (only fewer jobs of some): the fewest subjects
 # the schema allows, 5 of them broken (5 usable -> train/val/test 3/1/1 with the split set here, whatever the
 # default's split; GradCAM-MSMA's GMM cross-validates on the 3 training images, 2 are too few), one lesion
-# draw per test subject, one FPR level (each level is one more metrics job per method), and of the reconstruction baselines only the AE: Inpaint and Restoration run the
-# same two rules (residual_reference, heatmap_residual) with another method wildcard, 14 more jobs.
+# draw per test subject, one FPR level (each level is one more metrics job per method), and of the
+# reconstruction baselines only the AE: Inpaint and Restoration run the same two rules (residual_reference,
+# heatmap_residual) with another method wildcard, 14 more jobs.
 SMALLER = {
     "methods": ["zscore", "spatial_msma", "ae", "gradcam_msma"],
     "synthetic": {"n_subjects": 12, "voxel_mm": 4.0,
